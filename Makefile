@@ -1,0 +1,82 @@
+# query-relay: every target installs what it needs from scratch (a .venv, the npm checker).
+SHELL := /bin/bash
+export SAM_CLI_TELEMETRY := 0
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+# Lambda runs python3.13; `sam build` needs that interpreter on PATH. Find one that really runs
+# (a pyenv shim for an inactive version does not), else stop with a clear message.
+PYTHON313 := $(shell for candidate in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13 \
+	/usr/local/bin/python3.13 /usr/bin/python3.13 $$HOME/.local/bin/python3.13; do \
+	  [ -x "$$(command -v $$candidate 2>/dev/null)" ] || continue; \
+	  "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || continue; \
+	  "$$candidate" -c 'import sys; print(sys.executable)'; break; done)
+
+.PHONY: help python313 venv demo test lint typecheck unit integration contract validate asl build bench clean
+
+help:
+	@echo "make demo      install everything and run a sample query through the local stack"
+	@echo "make test      install everything and run every test and check"
+	@echo "make lint | typecheck | validate | asl | build | bench | clean"
+
+python313:
+	@if [ -z "$(PYTHON313)" ]; then \
+	  echo "error: no working python3.13 found (Lambda's runtime; sam build and the .venv need it)." >&2; \
+	  echo "       install it, e.g. 'pyenv install 3.13' or your distribution's python3.13 package." >&2; \
+	  exit 1; fi
+
+$(STAMP): pyproject.toml layers/core/requirements.txt | python313
+	@[ -x $(BIN)/python ] || $(PYTHON313) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+$(NPM_STAMP): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/query-relay demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit tests/template -q
+
+contract: $(STAMP)
+	$(BIN)/pytest tests/contract -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q
+
+# sam and cfn-lint come from the .venv; PATH holds python3.13 for sam's workflow checks.
+validate: $(STAMP)
+	PATH="$(dir $(PYTHON313)):$$PATH" $(BIN)/sam validate --lint --region us-east-1
+
+asl: $(NPM_STAMP)
+	npx --no-install asl-validator --json-path statemachine/query.asl.json
+
+build: $(STAMP)
+	PATH="$(dir $(PYTHON313)):$$PATH" $(BIN)/sam build --parallel
+
+test: lint typecheck asl validate
+	$(BIN)/pytest -n 2 --dist loadgroup -q
+	$(MAKE) build
+
+bench: $(STAMP)
+	@echo "no benchmarks yet"
+
+clean:
+	rm -rf $(VENV) node_modules .aws-sam .mypy_cache .pytest_cache .ruff_cache

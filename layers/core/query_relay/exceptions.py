@@ -1,0 +1,94 @@
+"""Named errors: the contract between the library and the state machine.
+
+Step Functions matches a Lambda failure by the exception's class name (``errorType``), so every
+name raised here is spelled the same way in ``statemachine/query.asl.json``; a test keeps the two
+in step. ``TRANSIENT`` ones are retried by the ASL with backoff; the rest are caught and fail the
+job after Cleanup.
+
+Messages never carry secrets: they are built from status codes, upstream error types and
+upstream-provided reasons only.
+"""
+
+from __future__ import annotations
+
+
+class QueryRelayError(Exception):
+    """Base of every error the workflow names."""
+
+    transient: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- transient: retried by the state machine -----------------------------------------------------
+
+
+class UpstreamUnavailable(QueryRelayError):
+    """The upstream could not be reached or answered 5xx; trying again later may work."""
+
+    transient = True
+
+
+class UpstreamRateLimited(QueryRelayError):
+    """The upstream answered 429."""
+
+    transient = True
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+# --- permanent: caught, cleaned up, the job fails with this name --------------------------------
+
+
+class InvalidJobSpec(QueryRelayError):
+    """The job spec does not validate; nothing was sent upstream."""
+
+
+class ConnectionNotFound(QueryRelayError):
+    """The job names a connection that does not exist."""
+
+
+class InvalidConnection(QueryRelayError):
+    """The connection document exists but does not validate."""
+
+
+class UpstreamAuthFailed(QueryRelayError):
+    """The upstream refused our credentials (401/403)."""
+
+
+class UpstreamQueryFailed(QueryRelayError):
+    """The upstream rejected or failed the query itself (syntax, verification, runtime error)."""
+
+
+class UpstreamTaskExpired(QueryRelayError):
+    """The upstream no longer knows the task (unknown or expired id)."""
+
+
+class UpstreamProtocolError(QueryRelayError):
+    """The upstream answered something this provider does not understand."""
+
+
+class QueryTimedOut(QueryRelayError):
+    """The job ran longer than ``polling.timeout_seconds``; the upstream task was cancelled."""
+
+
+ERRORS: dict[str, type[QueryRelayError]] = {
+    cls.__name__: cls
+    for cls in (
+        UpstreamUnavailable,
+        UpstreamRateLimited,
+        InvalidJobSpec,
+        ConnectionNotFound,
+        InvalidConnection,
+        UpstreamAuthFailed,
+        UpstreamQueryFailed,
+        UpstreamTaskExpired,
+        UpstreamProtocolError,
+        QueryTimedOut,
+    )
+}
+TRANSIENT_ERRORS = frozenset(name for name, cls in ERRORS.items() if cls.transient)

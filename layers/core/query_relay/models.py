@@ -1,0 +1,176 @@
+"""Pydantic models of the public contracts: job spec, connection, manifest (see docs/design.md).
+
+Every model forbids unknown fields so that a typo is reported with the field's name instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from query_relay.exceptions import InvalidConnection, InvalidJobSpec
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
+PROVIDERS = ("esql", "looker", "veza")
+ProviderName = Literal["esql", "looker", "veza"]
+OutputFormat = Literal["jsonl", "csv", "native"]
+Compression = Literal["none", "gzip"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- job spec ------------------------------------------------------------------------------------
+
+
+class OutputSpec(StrictModel):
+    format: OutputFormat = "jsonl"
+    compression: Compression = "none"
+    prefix: str = Field(default="results/", max_length=512)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_key_prefix(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative S3 key prefix (no leading '/', no '..')")
+        if value and not value.endswith("/"):
+            value += "/"
+        if not re.fullmatch(r"[A-Za-z0-9!_.*'()/=-]*", value):
+            raise ValueError("may hold only letters, digits, '/' and !_.*'()=-")
+        return value
+
+
+class PollingSpec(StrictModel):
+    initial_seconds: int = Field(default=1, ge=1, le=3600)
+    max_seconds: int = Field(default=60, ge=1, le=3600)
+    timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> PollingSpec:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds must be >= initial_seconds")
+        return self
+
+
+class JobSpec(StrictModel):
+    job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
+    connection: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    query: dict[str, Any]
+    output: OutputSpec = OutputSpec()
+    polling: PollingSpec = PollingSpec()
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+class ApiKeyAuth(StrictModel):
+    type: Literal["api_key"]
+    api_key: SecretStr
+
+
+class BasicAuth(StrictModel):
+    type: Literal["basic"]
+    username: str
+    password: SecretStr
+
+
+class BearerAuth(StrictModel):
+    type: Literal["bearer"]
+    token: SecretStr
+
+
+class ClientCredentialsAuth(StrictModel):
+    type: Literal["client_credentials"]
+    client_id: str
+    client_secret: SecretStr
+
+
+Auth = Annotated[ApiKeyAuth | BasicAuth | BearerAuth | ClientCredentialsAuth, Field(discriminator="type")]
+
+
+class Connection(StrictModel):
+    provider: ProviderName
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    auth: Auth
+    max_concurrent: int | None = Field(default=None, ge=1)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    verify_tls: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+class Column(StrictModel):
+    name: str
+    type: str
+
+
+class ObjectEntry(StrictModel):
+    key: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class Manifest(StrictModel):
+    job_id: str
+    connection: str
+    provider: ProviderName
+    upstream_id: str | None
+    status: Literal["SUCCEEDED"] = "SUCCEEDED"
+    format: OutputFormat
+    compression: Compression
+    row_count: int
+    byte_count: int
+    columns: list[Column]
+    objects: list[ObjectEntry]
+    submitted_at: datetime
+    completed_at: datetime
+    polls: int
+
+
+# --- validation helpers that turn pydantic errors into our named errors --------------------------
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field path: 'output.format: Input should be ...'."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False):
+        location = prefix + ".".join(str(part) for part in problem["loc"]) or "(root)"
+        lines.append(f"{location}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def parse_job_spec(document: Any) -> JobSpec:
+    try:
+        return JobSpec.model_validate(document)
+    except ValidationError as error:
+        raise InvalidJobSpec(f"invalid job spec: {describe_validation_error(error)}") from None
+
+
+def parse_connection(name: str, document: Any) -> Connection:
+    try:
+        return Connection.model_validate(document)
+    except ValidationError as error:
+        # Only field paths and messages: never the input, which may hold a secret.
+        raise InvalidConnection(
+            f"connection {name!r} is invalid: {describe_validation_error(error)}"
+        ) from None

@@ -1,0 +1,66 @@
+"""Provider registry: connection.provider -> Provider class, imported only when used so a
+handler's cold start loads just the upstream it talks to."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from query_relay.exceptions import InvalidConnection, InvalidJobSpec
+from query_relay.models import Connection, ProviderName, describe_validation_error
+from query_relay.providers.base import (
+    FetchedResult,
+    NativeResult,
+    PollStatus,
+    Provider,
+    Submission,
+    SubmitOptions,
+    TabularResult,
+)
+
+# name -> "module:Class"; a new upstream adds one line here.
+PROVIDERS: dict[str, str] = {
+    "esql": "query_relay.providers.esql:EsqlProvider",
+}
+
+
+def provider_class(name: ProviderName | str) -> type[Provider]:
+    try:
+        target = PROVIDERS[name]
+    except KeyError:
+        raise InvalidConnection(
+            f"provider {name!r} is not available; available: {', '.join(sorted(PROVIDERS))}"
+        ) from None
+    module_name, class_name = target.split(":")
+    cls: type[Provider] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def validate_query(provider_name: ProviderName | str, query: dict[str, Any]) -> BaseModel:
+    """The job's ``query`` object checked against the provider's model; errors name ``query.<field>``."""
+    try:
+        return provider_class(provider_name).query_model.model_validate(query)
+    except ValidationError as error:
+        problems = describe_validation_error(error, prefix="query.")
+        raise InvalidJobSpec(f"invalid job spec ({provider_name} query): {problems}") from None
+
+
+def open_provider(connection_name: str, connection: Connection) -> Provider:
+    return provider_class(connection.provider)(connection_name, connection)
+
+
+__all__ = [
+    "PROVIDERS",
+    "FetchedResult",
+    "NativeResult",
+    "PollStatus",
+    "Provider",
+    "Submission",
+    "SubmitOptions",
+    "TabularResult",
+    "open_provider",
+    "provider_class",
+    "validate_query",
+]

@@ -1,0 +1,284 @@
+"""The four steps of a job, one function per Lambda: submit, poll, fetch, cleanup.
+
+Each takes the execution state the state machine hands its Lambda and returns the part the
+state machine stores (see ``query_relay.state``). Handlers only call these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+from query_relay.connections import load_connection
+from query_relay.exceptions import QueryTimedOut
+from query_relay.models import JobSpec, Manifest, parse_job_spec
+from query_relay.observability import logger, metrics
+from query_relay.polling import next_wait_seconds
+from query_relay.providers import (
+    FetchedResult,
+    Provider,
+    SubmitOptions,
+    open_provider,
+    validate_query,
+)
+from query_relay.results import ResultWriter, WrittenResult, job_prefix
+from query_relay.settings import get_settings
+from query_relay.state import Failure, JobState, ResultPointer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# Keep this much of a Lambda's remaining time free when long-polling an upstream.
+LAMBDA_TIME_MARGIN_SECONDS = 5.0
+
+
+@cache
+def _s3() -> S3Client:
+    return boto3.client("s3")
+
+
+def _writer() -> ResultWriter:
+    settings = get_settings()
+    return ResultWriter(_s3(), settings.results_bucket, part_max_bytes=settings.part_max_bytes)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _provider_for(connection_name: str) -> Iterator[Provider]:
+    provider = open_provider(connection_name, load_connection(connection_name))
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+def _spec_and_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
+    spec = parse_job_spec(event["spec"])
+    job = JobState.model_validate(event["job"])
+    logger.append_keys(job_id=job.job_id, connection=job.connection, upstream_id=job.upstream_id)
+    return spec, job
+
+
+# --- Submit ---------------------------------------------------------------------------------------
+
+
+def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
+    spec = parse_job_spec(event["spec"])
+    job_id = spec.job_id or str(event["execution"])
+    logger.append_keys(job_id=job_id, connection=spec.connection)
+    connection = load_connection(spec.connection)
+    query = validate_query(connection.provider, spec.query)
+    submitted_at = _now()
+    settings = get_settings()
+    options = SubmitOptions(
+        output_format=spec.output.format,
+        wait_seconds=_bounded_wait(settings.submit_wait_seconds, seconds_left),
+        timeout_seconds=spec.polling.timeout_seconds,
+    )
+    provider = open_provider(spec.connection, connection)
+    try:
+        with provider.submit(query, options) as submission:
+            job = JobState(
+                job_id=job_id,
+                connection=spec.connection,
+                provider=connection.provider,
+                upstream_id=submission.upstream_id,
+                status="RUNNING",
+                wait_seconds=next_wait_seconds(spec.polling, 0),
+                submitted_at=submitted_at,
+                deadline=submitted_at + timedelta(seconds=spec.polling.timeout_seconds),
+                provider_state=submission.state,
+            )
+            logger.append_keys(upstream_id=job.upstream_id)
+            if submission.result is not None:
+                job.result = _land(spec, job, submission.result)
+                job.status = "DONE"
+                metrics.add_metric(name="FastPathJobs", unit="Count", value=1)
+            elif submission.finished:
+                job.status = "FINISHED"
+        if job.status == "DONE" and job.upstream_id:
+            provider.release(job.upstream_id, job.provider_state)
+    finally:
+        provider.close()
+    metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
+    logger.info("submitted", extra={"status": job.status, "provider": job.provider})
+    return job.model_dump(mode="json")
+
+
+def _bounded_wait(wanted: float, seconds_left: float | None) -> float:
+    if seconds_left is None:
+        return wanted
+    return max(0.0, min(wanted, seconds_left - LAMBDA_TIME_MARGIN_SECONDS))
+
+
+# --- Poll -----------------------------------------------------------------------------------------
+
+
+def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
+    spec, job = _spec_and_job(event)
+    if job.upstream_id is None:
+        raise QueryTimedOut("nothing to poll: the upstream gave no task id")  # pragma: no cover
+    left_in_job = (job.deadline - _now()).total_seconds()
+    if left_in_job <= 0:
+        raise QueryTimedOut(
+            f"job {job.job_id} still running upstream after {spec.polling.timeout_seconds}s "
+            f"(polling.timeout_seconds); {job.polls} polls"
+        )
+    long_poll = min(get_settings().long_poll_max_seconds, left_in_job)
+    long_poll = _bounded_wait(long_poll, seconds_left)
+    with _provider_for(job.connection) as provider:
+        status = provider.poll(job.upstream_id, job.provider_state, long_poll)
+    job.polls += 1
+    if status.state is not None:
+        job.provider_state = status.state
+    if status.finished:
+        job.status = "FINISHED"
+    else:
+        job.wait_seconds = next_wait_seconds(
+            spec.polling,
+            job.polls,
+            retry_after_seconds=status.retry_after_seconds,
+            seconds_left=(job.deadline - _now()).total_seconds(),
+        )
+    logger.info(
+        "polled",
+        extra={
+            "status": job.status,
+            "polls": job.polls,
+            "wait_seconds": job.wait_seconds,
+            "detail": status.detail,
+        },
+    )
+    metrics.add_metric(name="Polls", unit="Count", value=1)
+    return job.model_dump(mode="json")
+
+
+# --- Fetch ----------------------------------------------------------------------------------------
+
+
+def fetch(event: dict[str, Any]) -> dict[str, Any]:
+    spec, job = _spec_and_job(event)
+    if job.upstream_id is None:
+        raise QueryTimedOut("nothing to fetch: the upstream gave no task id")  # pragma: no cover
+    with _provider_for(job.connection) as provider:
+        with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
+            job.result = _land(spec, job, result)
+        provider.release(job.upstream_id, job.provider_state)
+    job.status = "DONE"
+    return job.model_dump(mode="json")
+
+
+def _land(spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
+    """Stream the result into parts, then write the manifest last."""
+    writer = _writer()
+    prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
+    written: WrittenResult = writer.write(prefix, result, spec.output)
+    manifest = Manifest(
+        job_id=job.job_id,
+        connection=job.connection,
+        provider=job.provider,
+        upstream_id=job.upstream_id,
+        format=spec.output.format,
+        compression=spec.output.compression,
+        row_count=written.row_count,
+        byte_count=written.byte_count,
+        columns=written.columns,
+        objects=written.objects,
+        submitted_at=job.submitted_at,
+        completed_at=_now(),
+        polls=job.polls,
+    )
+    manifest_key = writer.write_manifest(prefix, manifest)
+    metrics.add_metric(name="RowsLanded", unit="Count", value=written.row_count)
+    metrics.add_metric(name="BytesLanded", unit="Bytes", value=written.byte_count)
+    logger.info(
+        "result landed",
+        extra={"manifest_key": manifest_key, "rows": written.row_count, "bytes": written.byte_count},
+    )
+    return ResultPointer(
+        bucket=writer.bucket,
+        manifest_key=manifest_key,
+        row_count=written.row_count,
+        byte_count=written.byte_count,
+    )
+
+
+# --- Cleanup --------------------------------------------------------------------------------------
+
+
+def cleanup(event: dict[str, Any]) -> dict[str, Any]:
+    """Turn a caught error into a clean failure: cancel the upstream task where possible, drop
+    partial output, and return the name and cause the Fail state and the event carry."""
+    error = event.get("error") or {}
+    error_name = str(error.get("Error") or "UnknownError")
+    cause = _readable_cause(error.get("Cause"))
+    spec_document = event.get("spec") if isinstance(event.get("spec"), dict) else {}
+    job = JobState.model_validate(event["job"]) if isinstance(event.get("job"), dict) else None
+    job_id = job.job_id if job else str(spec_document.get("job_id") or event.get("execution") or "")
+    connection = job.connection if job else str(spec_document.get("connection") or "")
+    logger.append_keys(job_id=job_id, connection=connection)
+    cancelled = False
+    if job is not None:
+        cancelled = _cancel_upstream(job)
+        _discard_partial_output(event, job)
+    failure = Failure(
+        job_id=job_id,
+        connection=connection,
+        provider=job.provider if job else "",
+        error=error_name,
+        cause=cause,
+        upstream_cancelled=cancelled,
+    )
+    logger.warning("job failed", extra={"error": error_name, "cause": cause, "upstream_cancelled": cancelled})
+    metrics.add_metric(name="JobsFailed", unit="Count", value=1)
+    return failure.model_dump(mode="json")
+
+
+def _readable_cause(raw: Any) -> str:
+    """A Lambda error's Cause is a JSON document with a stack trace: keep only the message."""
+    if not isinstance(raw, str):
+        return ""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(document, dict) and "errorMessage" in document:
+        return str(document["errorMessage"])
+    return raw
+
+
+def _cancel_upstream(job: JobState) -> bool:
+    if job.upstream_id is None or job.status == "DONE":
+        return False
+    try:
+        with _provider_for(job.connection) as provider:
+            if not provider.can_cancel:
+                logger.info("upstream has no cancel call; leaving the task to expire")
+                return False
+            return provider.cancel(job.upstream_id, job.provider_state)
+    except Exception as error:
+        logger.warning(
+            "could not cancel the upstream task",
+            extra={"reason": type(error).__name__, "message": str(error)},
+        )
+        return False
+
+
+def _discard_partial_output(event: dict[str, Any], job: JobState) -> None:
+    try:
+        spec = parse_job_spec(event["spec"])
+        removed = _writer().discard(job_prefix(spec.output, job.job_id, job.submitted_at))
+    except Exception as error:
+        logger.warning("could not remove partial output", extra={"message": str(error)})
+        return
+    if removed:
+        logger.info("removed partial output", extra={"objects": removed})

@@ -1,0 +1,1 @@
+"""Local tooling for query-relay: never deployed (emulators, embedded AWS stack, CLI)."""

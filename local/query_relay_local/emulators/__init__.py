@@ -1,0 +1,1 @@
+"""Upstream emulators: real HTTP servers that speak each vendor's async-task protocol."""

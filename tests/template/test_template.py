@@ -1,0 +1,186 @@
+"""The template, the state machine and the library must agree: these checks keep them in step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode_str
+
+from query_relay.exceptions import ERRORS, TRANSIENT_ERRORS
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+ASL_PATH = ROOT / "statemachine" / "query.asl.json"
+# Error names the ASL may use that belong to AWS rather than to our library.
+AWS_ERROR_PREFIXES = ("States.", "Lambda.")
+
+
+def load_template() -> dict[str, Any]:
+    template, problems = decode_str(TEMPLATE_PATH.read_text())
+    assert not problems, problems
+    return dict(template)
+
+
+def resources_of_type(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {name: res for name, res in template["Resources"].items() if res["Type"] == kind}
+
+
+def all_states(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, state in definition["States"].items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from all_states(branch)
+        if "Iterator" in state:
+            yield from all_states(state["Iterator"])
+        if "ItemProcessor" in state:
+            yield from all_states(state["ItemProcessor"])
+
+
+def asl_error_names(definition: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for _, state in all_states(definition):
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            names.update(rule["ErrorEquals"])
+    return names
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def definition() -> dict[str, Any]:
+    return dict(json.loads(ASL_PATH.read_text()))
+
+
+def test_every_substitution_in_the_asl_is_defined_by_the_template_and_used(
+    template: dict[str, Any],
+) -> None:
+    # Given the state machine resource and the ASL text
+    machine = template["Resources"]["QueryStateMachine"]["Properties"]
+    defined = set(machine["DefinitionSubstitutions"])
+    used = set(re.findall(r"\$\{(\w+)\}", ASL_PATH.read_text()))
+    # Then each ${Name} has a substitution, and no substitution is dead
+    assert used - defined == set(), "ASL uses undefined substitutions"
+    assert defined - used == set(), "template defines substitutions the ASL never uses"
+    assert machine["DefinitionUri"] == "statemachine/query.asl.json"
+
+
+def test_every_error_name_in_the_asl_is_an_exception_class_and_vice_versa(
+    definition: dict[str, Any],
+) -> None:
+    ours = {name for name in asl_error_names(definition) if not name.startswith(AWS_ERROR_PREFIXES)}
+    assert ours - set(ERRORS) == set(), "ASL names errors the library does not define"
+    # Every transient error is retried somewhere; every library error can reach the ASL by name
+    # through Catch States.ALL, so the library may not define names the machine cannot tell apart.
+    assert ours >= TRANSIENT_ERRORS
+    assert set(ERRORS) - ours <= set(ERRORS) - TRANSIENT_ERRORS
+
+
+def test_transient_errors_are_retried_with_backoff_jitter_and_a_delay_cap(definition: dict[str, Any]) -> None:
+    for name, state in all_states(definition):
+        if state["Type"] != "Task" or not state["Resource"].startswith("${"):
+            continue
+        retries = [rule for rule in state.get("Retry", []) if set(rule["ErrorEquals"]) & TRANSIENT_ERRORS]
+        if name == "Cleanup":
+            continue
+        assert retries, f"{name} does not retry transient upstream errors"
+        for rule in retries:
+            assert rule["BackoffRate"] > 1, name
+            assert rule["JitterStrategy"] == "FULL", name
+            assert "MaxDelaySeconds" in rule, name
+
+
+def test_every_task_that_can_fail_is_caught(definition: dict[str, Any]) -> None:
+    for name, state in all_states(definition):
+        if state["Type"] == "Task" and name != "PublishReady":
+            assert any("States.ALL" in rule["ErrorEquals"] for rule in state.get("Catch", [])), name
+
+
+def test_every_next_exists_and_every_state_is_reachable(definition: dict[str, Any]) -> None:
+    states = definition["States"]
+    targets = {definition["StartAt"]}
+    for _, state in states.items():
+        targets.update(t for t in [state.get("Next"), state.get("Default")] if t)
+        targets.update(choice["Next"] for choice in state.get("Choices", []))
+        targets.update(rule["Next"] for rule in state.get("Catch", []))
+    assert targets - set(states) == set(), "transitions to states that do not exist"
+    assert set(states) - targets == set(), "states nothing transitions to"
+
+
+def test_every_function_handler_is_importable_from_its_code_uri(template: dict[str, Any]) -> None:
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    assert {"SubmitFunction", "PollFunction", "FetchFunction", "CleanupFunction"} <= set(functions)
+    for logical_id, resource in functions.items():
+        properties = resource["Properties"]
+        module_name, function_name = properties["Handler"].rsplit(".", 1)
+        path = ROOT / properties["CodeUri"] / f"{module_name}.py"
+        spec = importlib.util.spec_from_file_location(f"handler_{logical_id}", path)
+        assert spec is not None
+        assert spec.loader is not None, logical_id
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert callable(getattr(module, function_name)), logical_id
+
+
+def test_functions_run_python313_on_arm64_with_the_core_layer(template: dict[str, Any]) -> None:
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Layers"] == [{"Ref": "CoreLayer"}]
+    layer = template["Resources"]["CoreLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert layer["Properties"]["ContentUri"] == "layers/core"
+
+
+def test_layer_requirements_match_the_project_runtime_dependencies() -> None:
+    def names(lines: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~ ]", line.strip(), maxsplit=1)[0].lower() for line in lines}
+
+    layer = [
+        line
+        for line in (ROOT / "layers/core/requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert names(layer) == names(project)
+
+
+def test_results_bucket_is_private_encrypted_and_tls_only(template: dict[str, Any]) -> None:
+    bucket = template["Resources"]["ResultsBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    statements = template["Resources"]["ResultsBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false" for s in statements
+    )
+
+
+def test_no_wildcard_actions_and_wildcard_resources_only_where_aws_allows_nothing_narrower(
+    template: dict[str, Any],
+) -> None:
+    # Vended-logs delivery actions for Step Functions logging accept only "*" (AWS documentation).
+    only_star_resource = {
+        "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+        "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+    }  # fmt: skip
+    for logical_id, resource in template["Resources"].items():
+        for policy in resource.get("Properties", {}).get("Policies", []):
+            if not isinstance(policy, dict) or "Statement" not in policy:
+                continue  # SAM policy templates are scoped by their parameters
+            for statement in policy["Statement"]:
+                actions = (
+                    statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                )
+                assert all("*" not in action for action in actions), logical_id
+                if statement.get("Resource") == "*":
+                    assert set(actions) <= only_star_resource, logical_id
