@@ -17,7 +17,7 @@ PYTHON313 := $(shell for candidate in python3.13 $$(pyenv root 2>/dev/null)/vers
 	  "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || continue; \
 	  "$$candidate" -c 'import sys; print(sys.executable)'; break; done)
 
-.PHONY: help python313 venv demo test lint typecheck unit integration contract validate asl build bench clean
+.PHONY: help python313 venv demo test lint typecheck unit integration contract validate asl build local-invoke bench clean
 
 help:
 	@echo "make demo      install everything and run a sample query through the local stack"
@@ -74,6 +74,12 @@ build: $(STAMP)
 test: lint typecheck asl validate
 	$(BIN)/pytest -n 2 --dist loadgroup -q
 	$(MAKE) build
+
+# Needs Docker (not available on the project's own machines): e.g. make local-invoke FUNCTION=PollFunction EVENT=events/poll.json
+FUNCTION ?= SubmitFunction
+EVENT ?= events/submit.json
+local-invoke: build
+	$(BIN)/sam local invoke $(FUNCTION) --event $(EVENT)
 
 bench: $(STAMP)
 	@echo "no benchmarks yet"

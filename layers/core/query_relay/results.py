@@ -97,6 +97,10 @@ class ResultWriter:
         # Not a constructor argument of boto3's TransferConfig, but read by s3transfer (default 10).
         self._transfer_config.max_in_memory_upload_chunks = _IN_MEMORY_UPLOAD_CHUNKS
 
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
     def write(self, prefix: str, result: FetchedResult, output: OutputSpec) -> WrittenResult:
         """Write ``result`` as parts under ``prefix``, replacing whatever an earlier run left there.
 

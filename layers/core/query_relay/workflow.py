@@ -221,7 +221,8 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     error = event.get("error") or {}
     error_name = str(error.get("Error") or "UnknownError")
     cause = _readable_cause(error.get("Cause"))
-    spec_document = event.get("spec") if isinstance(event.get("spec"), dict) else {}
+    raw_spec = event.get("spec")
+    spec_document: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
     job = JobState.model_validate(event["job"]) if isinstance(event.get("job"), dict) else None
     job_id = job.job_id if job else str(spec_document.get("job_id") or event.get("execution") or "")
     connection = job.connection if job else str(spec_document.get("connection") or "")
