@@ -1,0 +1,409 @@
+"""``query-relay``: run jobs through the whole state machine on the local stack, serve emulators, demo.
+
+Exit status: 0 the job succeeded, 1 it failed, 2 bad usage or an invalid spec / connections file
+(nothing was started). Progress goes to stderr; with ``--json`` stdout holds exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TextIO
+
+from query_relay.exceptions import InvalidConnection, InvalidJobSpec
+from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
+from query_relay.providers import validate_query
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions.type_defs import HistoryEventTypeDef
+
+    from query_relay_local.stack import LocalStack
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONNECTIONS_FILE = Path("connections.json")
+PREVIEW_ROWS = 5
+PREVIEW_WIDTH = 200
+# The state machine enforces polling.timeout_seconds itself; this only guards against a stuck stack.
+WAIT_MARGIN_SECONDS = 900
+
+
+class UsageError(Exception):
+    """Bad input found before anything started: reported on stderr, exit status 2."""
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.command(args))
+    except UsageError as error:
+        print(f"query-relay: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("query-relay: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="query-relay",
+        description="Run query-relay on this machine: the state machine and functions of template.yaml "
+        "on an embedded AWS (moto), against real or emulated upstreams.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one job spec through the whole state machine")
+    run.add_argument("spec", type=Path, metavar="SPEC.json", help="the job spec (docs/design.md)")
+    run.add_argument(
+        "--connections",
+        type=Path,
+        metavar="FILE",
+        help='connections file {"<name>": {...}} (default: ./connections.json when present)',
+    )
+    run.add_argument(
+        "--out", type=Path, default=Path("out"), metavar="DIR", help="where results land (./out)"
+    )
+    run.add_argument("--json", action="store_true", help="print only the manifest (or the failure) as JSON")
+    run.add_argument("--verbose", action="store_true", help="also show what the functions log")
+    run.set_defaults(command=_run_command)
+
+    emulate = commands.add_parser("emulate", help="serve an upstream emulator until Ctrl-C")
+    emulate.add_argument("upstream", choices=["esql"], help="which upstream to emulate")
+    emulate.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    emulate.add_argument(
+        "--port", type=int, default=9200, help="port to listen on (9200; 0 picks a free one)"
+    )
+    emulate.add_argument("--api-key", metavar="KEY", help="require this API key (default: accept any)")
+    emulate.set_defaults(command=_emulate_command)
+
+    demo = commands.add_parser("demo", help="run sample jobs against the emulators and show the results")
+    demo.add_argument(
+        "--out", type=Path, default=Path("out"), metavar="DIR", help="where results land (./out)"
+    )
+    demo.add_argument("--verbose", action="store_true", help="also show what the functions log")
+    demo.set_defaults(command=_demo_command)
+    return parser
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job spec and the one connection it names."""
+
+    spec_document: dict[str, Any]
+    spec: JobSpec
+    connection_name: str
+    connection_document: dict[str, Any]
+    connection: Connection
+
+    @classmethod
+    def of(
+        cls, spec_document: dict[str, Any], connection_name: str, connection_document: dict[str, Any]
+    ) -> Job:
+        connection = parse_connection(connection_name, connection_document)
+        spec = parse_job_spec(spec_document)
+        return cls(spec_document, spec, connection_name, connection_document, connection)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    job = load_job(args.spec, args.connections)
+    from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly; not for --help
+
+    with LocalStack(echo_logs=_echo(args.verbose)) as stack:
+        stack.load_connections({job.connection_name: job.connection_document})
+        return run_job(stack, job, args.out, as_json=args.json)
+
+
+def _echo(verbose: bool) -> TextIO | None:
+    """With --verbose, what the functions log goes to stderr too, with one line per invocation."""
+    if not verbose:
+        return None
+    logging.getLogger("query_relay_local.lambda_runtime").setLevel(logging.DEBUG)
+    return sys.stderr
+
+
+def load_job(spec_path: Path, connections_path: Path | None) -> Job:
+    """Read and validate the spec and its connection before anything starts (UsageError if not)."""
+    spec_document = _read_json_object(spec_path, "job spec")
+    try:
+        spec = parse_job_spec(spec_document)
+    except InvalidJobSpec as error:
+        raise UsageError(f"{spec_path}: {error}") from None
+    if connections_path is None and DEFAULT_CONNECTIONS_FILE.is_file():
+        connections_path = DEFAULT_CONNECTIONS_FILE
+    if connections_path is None:
+        raise UsageError(
+            f"{spec_path}: connection: no connection named {spec.connection!r} "
+            f"(no --connections FILE given and no ./{DEFAULT_CONNECTIONS_FILE} here)"
+        )
+    connections = _read_connections(connections_path)
+    if spec.connection not in connections:
+        known = ", ".join(sorted(connections)) or "none"
+        raise UsageError(
+            f"{spec_path}: connection: no connection named {spec.connection!r} in {connections_path} "
+            f"(it has: {known})"
+        )
+    document, connection = connections[spec.connection]
+    try:
+        validate_query(connection.provider, spec.query)
+    except InvalidJobSpec as error:
+        raise UsageError(f"{spec_path}: {error}") from None
+    return Job(spec_document, spec, spec.connection, document, connection)
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as stream:
+            document = json.load(stream)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the {what}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        # JSONDecodeError names the line and column, never the text around it (it may hold a secret).
+        detail = (
+            f"line {error.lineno} column {error.colno}: {error.msg}"
+            if isinstance(error, json.JSONDecodeError)
+            else ""
+        )
+        raise UsageError(f"{path}: the {what} is not valid JSON ({detail or 'not UTF-8 text'})") from None
+    if not isinstance(document, dict):
+        raise UsageError(f"{path}: the {what} must be a JSON object, not {type(document).__name__}")
+    return document
+
+
+def _read_connections(path: Path) -> dict[str, tuple[dict[str, Any], Connection]]:
+    documents = _read_json_object(path, "connections file")
+    connections: dict[str, tuple[dict[str, Any], Connection]] = {}
+    for name, document in documents.items():
+        try:
+            connections[name] = (document, parse_connection(name, document))
+        except InvalidConnection as error:
+            raise UsageError(f"{path}: {error}") from None
+    return connections
+
+
+def run_job(stack: LocalStack, job: Job, out_dir: Path, *, as_json: bool = False) -> int:
+    """Run one job on a started stack, copy its result into ``out_dir`` and report it."""
+    progress = Progress(sys.stderr)
+    execution_arn = stack.start_job(job.spec_document)
+    progress.say(
+        f"started job {execution_arn.rsplit(':', 1)[1]} on {job.connection_name} ({job.connection.provider})"
+    )
+    final = stack.wait(
+        execution_arn,
+        timeout=job.spec.polling.timeout_seconds + WAIT_MARGIN_SECONDS,
+        on_event=progress.on_event,
+    )
+    if final["status"] != "SUCCEEDED":
+        failure = {
+            "status": "FAILED",
+            "error": final.get("error", final["status"]),
+            "cause": final.get("cause", ""),
+        }
+        if as_json:
+            print(json.dumps(failure))
+        else:
+            print(f"FAILED: {failure['error']}\n  cause: {failure['cause']}", file=sys.stderr)
+        return EXIT_FAILED
+    output = json.loads(final.get("output") or "{}")
+    manifest_key: str = output["manifest_key"]
+    manifest = json.loads(stack.s3.get_object(Bucket=output["bucket"], Key=manifest_key)["Body"].read())
+    job_prefix = manifest_key.rpartition("/")[0] + "/"
+    stack.download(job_prefix, out_dir)
+    if as_json:
+        print(json.dumps(manifest))
+    else:
+        _print_summary(manifest, output["bucket"], manifest_key, out_dir, sys.stdout)
+    return EXIT_SUCCEEDED
+
+
+def _print_summary(
+    manifest: Mapping[str, Any], bucket: str, manifest_key: str, out_dir: Path, out: TextIO
+) -> None:
+    compression = "" if manifest["compression"] == "none" else f", {manifest['compression']}"
+    lines = [
+        f"SUCCEEDED  job {manifest['job_id']}  ({manifest['provider']} via {manifest['connection']}, "
+        f"{manifest['polls']} poll{'' if manifest['polls'] == 1 else 's'})",
+        f"  landed in   s3://{bucket}/{manifest_key}",
+        f"  copied to   {out_dir / manifest_key}",
+        f"  rows        {manifest['row_count']}",
+        f"  bytes       {manifest['byte_count']}  ({manifest['format']}{compression})",
+        f"  objects     {len(manifest['objects'])}",
+    ]
+    if manifest["columns"]:
+        lines.append("  columns     " + ", ".join(f"{c['name']} ({c['type']})" for c in manifest["columns"]))
+    print("\n".join(lines), file=out)
+    if manifest["objects"] and manifest["format"] in ("jsonl", "csv"):
+        first = manifest["objects"][0]["key"]
+        print(f"  first rows of {first.rpartition('/')[2]}:", file=out)
+        with _open_text(out_dir / first, gzipped=manifest["compression"] == "gzip") as part:
+            for _, raw_line in zip(range(PREVIEW_ROWS), part, strict=False):
+                line = raw_line.rstrip("\n")
+                print(f"    {line[:PREVIEW_WIDTH]}{'...' if len(line) > PREVIEW_WIDTH else ''}", file=out)
+
+
+@contextmanager
+def _open_text(path: Path, *, gzipped: bool) -> Iterator[IO[str]]:
+    with gzip.open(path, "rt", encoding="utf-8") if gzipped else path.open(encoding="utf-8") as stream:
+        yield stream
+
+
+class Progress:
+    """Turns the execution's history events into one line each on ``out`` as they happen."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._started = time.monotonic()
+        self._state = ""
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self._started:6.1f}s] {message}", file=self._out, flush=True)
+
+    def on_event(self, event: HistoryEventTypeDef) -> None:
+        message = self.describe(event)
+        if message:
+            self.say(message)
+
+    def describe(self, event: HistoryEventTypeDef) -> str | None:
+        kind = event["type"]
+        if kind == "TaskStateEntered":
+            self._state = event["stateEnteredEventDetails"]["name"]
+            return {"Submit": "submitting", "Fetch": "fetching the result", "Cleanup": "cleaning up"}.get(
+                self._state
+            )
+        if kind == "TaskStateExited":
+            details = event["stateExitedEventDetails"]
+            return self._describe_exit(details["name"], details.get("output", "{}"))
+        if kind in ("LambdaFunctionFailed", "TaskFailed"):
+            failure: Mapping[str, Any] = (
+                event.get("lambdaFunctionFailedEventDetails") or event.get("taskFailedEventDetails") or {}
+            )
+            return f"{self._state} raised {failure.get('error', 'an error')}"
+        if kind == "ExecutionSucceeded":
+            return "done"
+        if kind in ("ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted"):
+            ending: Mapping[str, Any] = event.get("executionFailedEventDetails") or {}
+            return f"failed: {ending.get('error', kind)}"
+        return None
+
+    @staticmethod
+    def _describe_exit(state: str, output: str) -> str | None:
+        state_document = json.loads(output or "{}")
+        if "error" in state_document:  # a caught failure passes through: Cleanup reports it
+            return None
+        job = state_document.get("job") or {}
+        status, polls, wait = job.get("status"), job.get("polls"), job.get("wait_seconds")
+        if state == "Submit":
+            if status == "DONE":
+                return "submitted: finished at once (fast path)"
+            if status == "FINISHED":
+                return "submitted: finished"
+            return f"submitted, first check in {wait}s"
+        if state == "Poll":
+            return (
+                f"poll #{polls}: finished"
+                if status == "FINISHED"
+                else f"poll #{polls}: running, next check in {wait}s"
+            )
+        return None
+
+
+# --- emulate ---------------------------------------------------------------------------------------
+
+
+def _emulate_command(args: argparse.Namespace) -> int:
+    from query_relay_local.emulators.esql import EsqlEmulator  # noqa: PLC0415 - only this command needs it
+
+    emulator = EsqlEmulator(api_key=args.api_key)
+    base_url = emulator.start(args.host, args.port)
+    auth = "requires ApiKey auth" if args.api_key else "accepts any credentials"
+    print(f"ES|QL emulator at {base_url} ({auth}); Ctrl-C stops it", flush=True)
+    try:
+        threading.Event().wait()  # serve until interrupted
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        emulator.stop()
+    return EXIT_SUCCEEDED
+
+
+# --- demo ------------------------------------------------------------------------------------------
+
+
+DEMO_CONNECTION = "es-demo"
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    title: str
+    spec: dict[str, Any]  # without "connection": the demo's own is added
+    query_seconds: float  # how long the emulator takes to answer it
+
+
+DEMO_JOBS = (
+    DemoJob(
+        "Average salary per department (answered inside the submit wait: no polling)",
+        {
+            "query": {
+                "query": "FROM employees | STATS avg_salary = AVG(salary), employees = COUNT(*) BY department"
+                " | SORT department"
+            },
+            "output": {"format": "jsonl", "compression": "none"},
+        },
+        query_seconds=0.0,
+    ),
+    DemoJob(
+        "Server errors in the web logs (a slower query: the workflow polls until it finishes)",
+        {
+            "query": {
+                "query": "FROM web_logs | WHERE status >= 500 | KEEP @timestamp, host, status, bytes"
+                " | SORT @timestamp | LIMIT 500"
+            },
+            "output": {"format": "csv", "compression": "gzip"},
+            "polling": {"initial_seconds": 1, "max_seconds": 2, "timeout_seconds": 120},
+        },
+        query_seconds=4.0,
+    ),
+)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from query_relay_local.emulators.esql import EsqlEmulator  # noqa: PLC0415 - only this command needs it
+    from query_relay_local.stack import LocalStack  # noqa: PLC0415
+
+    api_key = secrets.token_urlsafe(24)
+    failures = 0
+    with EsqlEmulator(api_key=api_key) as emulator, LocalStack(echo_logs=_echo(args.verbose)) as stack:
+        connection = {
+            "provider": "esql",
+            "base_url": emulator.base_url,
+            "auth": {"type": "api_key", "api_key": api_key},
+        }
+        stack.load_connections({DEMO_CONNECTION: connection})
+        print(f"ES|QL emulator at {emulator.base_url}; local stack at {stack.endpoint_url}\n")
+        for number, demo_job in enumerate(DEMO_JOBS, start=1):
+            print(f"== {number}. {demo_job.title}", flush=True)
+            emulator.config.query_seconds = demo_job.query_seconds
+            job = Job.of({"connection": DEMO_CONNECTION, **demo_job.spec}, DEMO_CONNECTION, connection)
+            if run_job(stack, job, args.out) != EXIT_SUCCEEDED:
+                failures += 1
+            print(flush=True)
+    print(f"demo: {failures} job(s) failed" if failures else "demo finished", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_SUCCEEDED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
