@@ -7,12 +7,13 @@ import json
 import pytest
 
 from query_relay import workflow
+from query_relay.settings import get_settings
 
 
 @pytest.fixture(autouse=True)
 def _settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESULTS_BUCKET", "query-relay-results-test")
-    workflow.get_settings.cache_clear()
+    get_settings.cache_clear()
 
 
 def test_a_lambda_error_becomes_its_name_and_message_without_the_stack_trace() -> None:

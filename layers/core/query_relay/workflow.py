@@ -106,7 +106,7 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
             elif submission.finished:
                 job.status = "FINISHED"
         if job.status == "DONE" and job.upstream_id:
-            provider.release(job.upstream_id, job.provider_state)
+            _release_quietly(provider, job)
     finally:
         provider.close()
     metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
@@ -172,9 +172,22 @@ def fetch(event: dict[str, Any]) -> dict[str, Any]:
     with _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             job.result = _land(spec, job, result)
-        provider.release(job.upstream_id, job.provider_state)
+        _release_quietly(provider, job)
     job.status = "DONE"
     return job.model_dump(mode="json")
+
+
+def _release_quietly(provider: Provider, job: JobState) -> None:
+    """Dropping the upstream's stored result is a courtesy: the job has succeeded either way."""
+    if job.upstream_id is None:
+        return
+    try:
+        provider.release(job.upstream_id, job.provider_state)
+    except Exception as error:  # noqa: BLE001
+        logger.warning(
+            "could not release the upstream result",
+            extra={"reason": type(error).__name__, "message": str(error)},
+        )
 
 
 def _land(spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
@@ -234,7 +247,7 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     failure = Failure(
         job_id=job_id,
         connection=connection,
-        provider=job.provider if job else "",
+        provider=job.provider if job else _provider_name_of(connection),
         error=error_name,
         cause=cause,
         upstream_cancelled=cancelled,
@@ -242,6 +255,16 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     logger.warning("job failed", extra={"error": error_name, "cause": cause, "upstream_cancelled": cancelled})
     metrics.add_metric(name="JobsFailed", unit="Count", value=1)
     return failure.model_dump(mode="json")
+
+
+def _provider_name_of(connection_name: str) -> str:
+    """The provider behind a connection, for failures that happened before Submit knew it."""
+    if not connection_name:
+        return ""
+    try:
+        return load_connection(connection_name).provider
+    except Exception:  # noqa: BLE001 - the connection may be the very thing that failed
+        return ""
 
 
 def _readable_cause(raw: Any) -> str:
@@ -266,7 +289,7 @@ def _cancel_upstream(job: JobState) -> bool:
                 logger.info("upstream has no cancel call; leaving the task to expire")
                 return False
             return provider.cancel(job.upstream_id, job.provider_state)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - cleanup must finish whatever went wrong upstream
         logger.warning(
             "could not cancel the upstream task",
             extra={"reason": type(error).__name__, "message": str(error)},
@@ -278,7 +301,7 @@ def _discard_partial_output(event: dict[str, Any], job: JobState) -> None:
     try:
         spec = parse_job_spec(event["spec"])
         removed = _writer().discard(job_prefix(spec.output, job.job_id, job.submitted_at))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the job has failed already; report, don't mask it
         logger.warning("could not remove partial output", extra={"message": str(error)})
         return
     if removed:
