@@ -48,15 +48,19 @@ def esql_emulator() -> Iterator[EsqlEmulator]:
         yield emulator
 
 
+def esql_connection(emulator: EsqlEmulator, api_key: str = ESQL_API_KEY) -> dict[str, Any]:
+    """The connection document for an emulator (what users keep in Secrets Manager)."""
+    return {
+        "provider": "esql",
+        "base_url": emulator.base_url,
+        "auth": {"type": "api_key", "api_key": api_key},
+    }
+
+
 @pytest.fixture
 def stack(esql_emulator: EsqlEmulator) -> Iterator[LocalStack]:
-    connection = {
-        "provider": "esql",
-        "base_url": esql_emulator.base_url,
-        "auth": {"type": "api_key", "api_key": ESQL_API_KEY},
-    }
     with LocalStack() as started:
-        started.load_connections({ES_CONNECTION: connection})
+        started.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
         yield started
 
 

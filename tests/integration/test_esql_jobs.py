@@ -15,7 +15,7 @@ import pytest
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.stack import LocalStack
 
-from .conftest import ES_CONNECTION, ESQL_API_KEY, run_job
+from .conftest import ES_CONNECTION, ESQL_API_KEY, esql_connection, run_job
 
 DEPARTMENTS_QUERY = "FROM employees | STATS n = COUNT(*), top = MAX(salary) BY department | SORT department"
 EMPLOYEES_QUERY = (
@@ -139,22 +139,23 @@ def test_a_query_finished_inside_the_submit_wait_runs_no_wait_state(
     assert ready[0]["detail"]["row_count"] == len(expected)
 
 
-def test_a_slow_query_is_polled_until_finished_then_fetched(
-    stack: LocalStack, esql_emulator: EsqlEmulator
-) -> None:
-    # Given a query that runs longer than the submit wait
-    esql_emulator.config.query_seconds = 4
+def test_a_slow_query_is_polled_until_finished_then_fetched(esql_emulator: EsqlEmulator) -> None:
+    # Given a query that runs 5 s, a 1 s submit wait and 1 s long-polls (no long-poll covers it all)
+    esql_emulator.config.query_seconds = 5
     params = [60000]
-    # When the job runs
-    final, history = run_job(stack, job(EMPLOYEES_QUERY, params))
-    # Then it waited, polled, fetched, and the rows are exactly the upstream's
-    assert final["status"] == "SUCCEEDED", final
-    assert state_count(history, "WaitStateEntered") >= 1
-    manifest = landed_manifest(stack, final)
-    assert manifest["polls"] >= 1
-    assert manifest["upstream_id"]
-    expected = expected_rows(upstream_answer(esql_emulator, {"query": EMPLOYEES_QUERY, "params": params}))
-    assert rows_of(stack, manifest) == expected
+    overrides = {"SubmitWaitSeconds": "1", "LongPollMaxSeconds": "1"}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        # When the job runs
+        final, history = run_job(stack, job(EMPLOYEES_QUERY, params))
+        # Then it waited and polled several times, fetched, and the rows are exactly the upstream's
+        assert final["status"] == "SUCCEEDED", final
+        manifest = landed_manifest(stack, final)
+        assert manifest["polls"] >= 2
+        assert state_count(history, "WaitStateEntered") == manifest["polls"]
+        assert manifest["upstream_id"]
+        expected = expected_rows(upstream_answer(esql_emulator, {"query": EMPLOYEES_QUERY, "params": params}))
+        assert rows_of(stack, manifest) == expected
     # and the stored async result was released upstream once it was safely in S3
     assert esql_emulator.task_states()[manifest["upstream_id"]] == "deleted"
 
@@ -267,15 +268,7 @@ def test_wrong_credentials_fail_upstream_auth_failed_without_printing_the_key(
     stack: LocalStack, esql_emulator: EsqlEmulator
 ) -> None:
     wrong_key = "wrong-key-5f1e2d3c"
-    stack.load_connections(
-        {
-            "es-wrong": {
-                "provider": "esql",
-                "base_url": esql_emulator.base_url,
-                "auth": {"type": "api_key", "api_key": wrong_key},
-            }
-        }
-    )
+    stack.load_connections({"es-wrong": esql_connection(esql_emulator, api_key=wrong_key)})
     execution_arn = stack.start_job(job(DEPARTMENTS_QUERY, connection="es-wrong"))
     final = stack.wait(execution_arn, timeout=60)
     assert final["status"] == "FAILED"

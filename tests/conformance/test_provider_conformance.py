@@ -1,0 +1,186 @@
+"""Every provider passes the same tests against its emulator over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from query_relay.exceptions import (
+    UpstreamAuthFailed,
+    UpstreamQueryFailed,
+    UpstreamRateLimited,
+    UpstreamTaskExpired,
+    UpstreamUnavailable,
+)
+from query_relay.models import parse_connection
+from query_relay.providers import (
+    FetchedResult,
+    NativeResult,
+    PollStatus,
+    Provider,
+    SubmitOptions,
+    TabularResult,
+    open_provider,
+    validate_query,
+)
+
+from .harnesses import HARNESSES, ProviderHarness
+
+pytestmark = pytest.mark.parametrize("harness", HARNESSES, ids=repr)
+
+SLOW_SECONDS = 1.5
+
+
+@pytest.fixture
+def emulator(harness: ProviderHarness) -> Iterator[Any]:
+    with harness.emulator() as started:
+        yield started
+
+
+def provider_for(harness: ProviderHarness, emulator: Any, *, valid: bool = True) -> Provider:
+    return open_provider(
+        "conformance", parse_connection("conformance", harness.connection(emulator, valid=valid))
+    )
+
+
+def options(wait_seconds: float, output_format: str = "jsonl") -> SubmitOptions:
+    return SubmitOptions(output_format=output_format, wait_seconds=wait_seconds, timeout_seconds=600)  # type: ignore[arg-type]
+
+
+def rows_of(result: FetchedResult) -> list[dict[str, Any]] | int:
+    """Tabular results as row dicts; native results as their row count (their bytes are the upstream's)."""
+    if isinstance(result, TabularResult):
+        names = [column.name for column in result.columns]
+        return [dict(zip(names, row, strict=True)) for row in result.rows]
+    assert isinstance(result, NativeResult)
+    for _ in result.chunks:
+        pass
+    return result.row_count
+
+
+def submit_running(harness: ProviderHarness, emulator: Any, provider: Provider, query: dict[str, Any]) -> str:
+    harness.set_query_seconds(emulator, SLOW_SECONDS)
+    with provider.submit(validate_query(harness.provider, query), options(0)) as submission:
+        assert not submission.finished
+        assert submission.upstream_id
+        return submission.upstream_id
+
+
+def poll_until_finished(provider: Provider, upstream_id: str, timeout: float = 30) -> PollStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = provider.poll(upstream_id, {}, 1.0)
+        if status.finished:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{upstream_id} not finished after {timeout}s")
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "csv", "native"])
+def test_submit_poll_fetch_gives_the_upstream_rows(
+    harness: ProviderHarness, emulator: Any, output_format: str
+) -> None:
+    # Given a query that outlasts the submit wait
+    expected = harness.expected_rows(emulator)
+    provider = provider_for(harness, emulator)
+    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    # When it is polled until finished and fetched
+    poll_until_finished(provider, upstream_id)
+    with provider.fetch(upstream_id, {}, output_format) as result:  # type: ignore[arg-type]
+        got = rows_of(result)
+    # Then the rows are exactly the upstream's (native: the same number of rows)
+    assert got == (len(expected) if isinstance(got, int) else expected)
+    assert len(expected) >= 2
+
+
+def test_a_quick_query_finishes_inside_the_submit_wait(harness: ProviderHarness, emulator: Any) -> None:
+    provider = provider_for(harness, emulator)
+    harness.set_query_seconds(emulator, 0)
+    with provider.submit(validate_query(harness.provider, harness.ok_query), options(10)) as submission:
+        assert submission.finished
+        if submission.result is not None:  # the upstream handed the result over at once
+            assert rows_of(submission.result) == harness.expected_rows(emulator)
+            return
+        upstream_id = submission.upstream_id
+    assert upstream_id
+    assert provider.poll(upstream_id, {}, 0).finished
+
+
+def test_cancel_stops_a_running_task_or_is_documented_as_impossible(
+    harness: ProviderHarness, emulator: Any
+) -> None:
+    provider = provider_for(harness, emulator)
+    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    if harness.cancelled_state is None:
+        assert not provider.can_cancel
+        return
+    assert provider.can_cancel
+    assert provider.cancel(upstream_id, {}) is True
+    assert harness.task_state(emulator, upstream_id) == harness.cancelled_state
+    # cancelling again (already gone) is not an error
+    assert provider.cancel(upstream_id, {}) is False
+
+
+def test_wrong_credentials_are_upstream_auth_failed(harness: ProviderHarness, emulator: Any) -> None:
+    provider = provider_for(harness, emulator, valid=False)
+    with (
+        pytest.raises(UpstreamAuthFailed) as raised,
+        provider.submit(validate_query(harness.provider, harness.ok_query), options(1)),
+    ):
+        pass
+    assert "not-the-key" not in str(raised.value)
+
+
+def test_an_unknown_task_is_upstream_task_expired(harness: ProviderHarness, emulator: Any) -> None:
+    provider = provider_for(harness, emulator)
+    with pytest.raises(UpstreamTaskExpired):
+        provider.poll(harness.unknown_task_id, {}, 0)
+
+
+def test_a_query_the_upstream_rejects_is_upstream_query_failed(
+    harness: ProviderHarness, emulator: Any
+) -> None:
+    def submit_and_follow(provider: Provider, query: dict[str, Any]) -> None:
+        with provider.submit(validate_query(harness.provider, query), options(5)) as submission:
+            upstream_id = submission.upstream_id
+        # Some upstreams accept the task and report the failure when it is polled.
+        assert upstream_id
+        poll_until_finished(provider, upstream_id)
+
+    harness.set_query_seconds(emulator, 0)
+    with pytest.raises(UpstreamQueryFailed):
+        submit_and_follow(provider_for(harness, emulator), harness.failing_query)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_server_errors_are_upstream_unavailable(harness: ProviderHarness, emulator: Any, status: int) -> None:
+    provider = provider_for(harness, emulator)
+    harness.fail_next(emulator, "submit", status)
+    with (
+        pytest.raises(UpstreamUnavailable),
+        provider.submit(validate_query(harness.provider, harness.ok_query), options(1)),
+    ):
+        pass
+    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    harness.fail_next(emulator, "poll", status)
+    with pytest.raises(UpstreamUnavailable):
+        provider.poll(upstream_id, {}, 0)
+
+
+def test_rate_limits_carry_the_retry_after(harness: ProviderHarness, emulator: Any) -> None:
+    provider = provider_for(harness, emulator)
+    harness.fail_next(emulator, "submit", 429, retry_after=7)
+    with (
+        pytest.raises(UpstreamRateLimited) as raised,
+        provider.submit(validate_query(harness.provider, harness.ok_query), options(1)),
+    ):
+        pass
+    assert raised.value.retry_after_seconds == 7
+    # A poll that is rate limited asks the state machine to wait instead of failing.
+    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    harness.fail_next(emulator, "poll", 429, retry_after=9)
+    status = provider.poll(upstream_id, {}, 0)
+    assert (status.finished, status.retry_after_seconds) == (False, 9)
