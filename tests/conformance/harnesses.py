@@ -3,7 +3,7 @@
 A harness starts the provider's emulator, builds connection documents for it, names a query that
 succeeds and one the upstream rejects, knows the rows the good query must give, and can slow the
 emulator down, arm faults on it and read a task's state. Registering a new provider with the
-suite is one line in ``HARNESSES``.
+suite is one line in ``registry.HARNESSES``.
 """
 
 from __future__ import annotations
@@ -116,9 +116,3 @@ class EsqlHarness(ProviderHarness):
 
     def task_state(self, emulator: EsqlEmulator, upstream_id: str) -> str | None:
         return emulator.task_states().get(upstream_id)
-
-
-# One line per provider: the whole conformance suite runs against each.
-HARNESSES: list[ProviderHarness] = [
-    EsqlHarness(),
-]

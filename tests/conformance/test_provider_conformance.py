@@ -19,7 +19,6 @@ from query_relay.models import parse_connection
 from query_relay.providers import (
     FetchedResult,
     NativeResult,
-    PollStatus,
     Provider,
     SubmitOptions,
     TabularResult,
@@ -27,7 +26,8 @@ from query_relay.providers import (
     validate_query,
 )
 
-from .harnesses import HARNESSES, ProviderHarness
+from .harnesses import ProviderHarness
+from .registry import HARNESSES
 
 pytestmark = pytest.mark.parametrize("harness", HARNESSES, ids=repr)
 
@@ -61,20 +61,28 @@ def rows_of(result: FetchedResult) -> list[dict[str, Any]] | int:
     return result.row_count
 
 
-def submit_running(harness: ProviderHarness, emulator: Any, provider: Provider, query: dict[str, Any]) -> str:
+def submit_running(
+    harness: ProviderHarness, emulator: Any, provider: Provider, query: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Submit a query that outlasts the submit wait: its upstream id and provider state."""
     harness.set_query_seconds(emulator, SLOW_SECONDS)
     with provider.submit(validate_query(harness.provider, query), options(0)) as submission:
         assert not submission.finished
         assert submission.upstream_id
-        return submission.upstream_id
+        return submission.upstream_id, submission.state
 
 
-def poll_until_finished(provider: Provider, upstream_id: str, timeout: float = 30) -> PollStatus:
+def poll_until_finished(
+    provider: Provider, upstream_id: str, state: dict[str, Any], timeout: float = 30
+) -> dict[str, Any]:
+    """Poll like the state machine does (carrying the provider state); the state once finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = provider.poll(upstream_id, {}, 1.0)
+        status = provider.poll(upstream_id, state, 1.0)
+        if status.state is not None:
+            state = status.state
         if status.finished:
-            return status
+            return state
         time.sleep(0.2)
     raise AssertionError(f"{upstream_id} not finished after {timeout}s")
 
@@ -86,10 +94,10 @@ def test_submit_poll_fetch_gives_the_upstream_rows(
     # Given a query that outlasts the submit wait
     expected = harness.expected_rows(emulator)
     provider = provider_for(harness, emulator)
-    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
     # When it is polled until finished and fetched
-    poll_until_finished(provider, upstream_id)
-    with provider.fetch(upstream_id, {}, output_format) as result:  # type: ignore[arg-type]
+    state = poll_until_finished(provider, upstream_id, state)
+    with provider.fetch(upstream_id, state, output_format) as result:  # type: ignore[arg-type]
         got = rows_of(result)
     # Then the rows are exactly the upstream's (native: the same number of rows)
     assert got == (len(expected) if isinstance(got, int) else expected)
@@ -104,24 +112,24 @@ def test_a_quick_query_finishes_inside_the_submit_wait(harness: ProviderHarness,
         if submission.result is not None:  # the upstream handed the result over at once
             assert rows_of(submission.result) == harness.expected_rows(emulator)
             return
-        upstream_id = submission.upstream_id
+        upstream_id, state = submission.upstream_id, submission.state
     assert upstream_id
-    assert provider.poll(upstream_id, {}, 0).finished
+    assert provider.poll(upstream_id, state, 0).finished
 
 
 def test_cancel_stops_a_running_task_or_is_documented_as_impossible(
     harness: ProviderHarness, emulator: Any
 ) -> None:
     provider = provider_for(harness, emulator)
-    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
     if harness.cancelled_state is None:
         assert not provider.can_cancel
         return
     assert provider.can_cancel
-    assert provider.cancel(upstream_id, {}) is True
+    assert provider.cancel(upstream_id, state) is True
     assert harness.task_state(emulator, upstream_id) == harness.cancelled_state
     # cancelling again (already gone) is not an error
-    assert provider.cancel(upstream_id, {}) is False
+    assert provider.cancel(upstream_id, state) is False
 
 
 def test_wrong_credentials_are_upstream_auth_failed(harness: ProviderHarness, emulator: Any) -> None:
@@ -145,10 +153,10 @@ def test_a_query_the_upstream_rejects_is_upstream_query_failed(
 ) -> None:
     def submit_and_follow(provider: Provider, query: dict[str, Any]) -> None:
         with provider.submit(validate_query(harness.provider, query), options(5)) as submission:
-            upstream_id = submission.upstream_id
+            upstream_id, state = submission.upstream_id, submission.state
         # Some upstreams accept the task and report the failure when it is polled.
         assert upstream_id
-        poll_until_finished(provider, upstream_id)
+        poll_until_finished(provider, upstream_id, state)
 
     harness.set_query_seconds(emulator, 0)
     with pytest.raises(UpstreamQueryFailed):
@@ -164,10 +172,10 @@ def test_server_errors_are_upstream_unavailable(harness: ProviderHarness, emulat
         provider.submit(validate_query(harness.provider, harness.ok_query), options(1)),
     ):
         pass
-    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
     harness.fail_next(emulator, "poll", status)
     with pytest.raises(UpstreamUnavailable):
-        provider.poll(upstream_id, {}, 0)
+        provider.poll(upstream_id, state, 0)
 
 
 def test_rate_limits_carry_the_retry_after(harness: ProviderHarness, emulator: Any) -> None:
@@ -180,7 +188,7 @@ def test_rate_limits_carry_the_retry_after(harness: ProviderHarness, emulator: A
         pass
     assert raised.value.retry_after_seconds == 7
     # A poll that is rate limited asks the state machine to wait instead of failing.
-    upstream_id = submit_running(harness, emulator, provider, harness.ok_query)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
     harness.fail_next(emulator, "poll", 429, retry_after=9)
-    status = provider.poll(upstream_id, {}, 0)
+    status = provider.poll(upstream_id, state, 0)
     assert (status.finished, status.retry_after_seconds) == (False, 9)

@@ -17,6 +17,7 @@ import pytest
 from query_relay_local import cli
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.stack import LocalStack
+from query_relay_local.upstreams import UPSTREAMS
 
 SECRET = "sk-never-print-this-5b1e"
 
@@ -337,9 +338,12 @@ def test_demo_runs_every_sample_job_and_shows_the_results(
 ) -> None:
     status, out, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
 
+    demo_jobs = [job for upstream in UPSTREAMS.values() for job in upstream.demo_jobs]
     assert status == 0, err
-    assert out.count("SUCCEEDED") == len(cli.DEMO_JOBS)
+    assert out.count("SUCCEEDED") == len(demo_jobs) >= len(UPSTREAMS)
+    for upstream in UPSTREAMS.values():
+        assert f"({upstream.name} via {upstream.name}-demo" in out
     assert "first rows of part-00000.jsonl:" in out
     assert "first rows of part-00000.csv.gz:" in out
     assert "poll #1" in err
-    assert len(list(tmp_path.glob("results/dt=*/*/_manifest.json"))) == len(cli.DEMO_JOBS)
+    assert len(list(tmp_path.glob("results/dt=*/*/_manifest.json"))) == len(demo_jobs)

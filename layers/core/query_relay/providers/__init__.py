@@ -23,6 +23,8 @@ from query_relay.providers.base import (
 # name -> "module:Class"; a new upstream adds one line here.
 PROVIDERS: dict[str, str] = {
     "esql": "query_relay.providers.esql:EsqlProvider",
+    "looker": "query_relay.providers.looker:LookerProvider",
+    "veza": "query_relay.providers.veza:VezaProvider",
 }
 
 

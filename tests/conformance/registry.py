@@ -1,0 +1,13 @@
+"""The providers the conformance suite runs against: one line per provider."""
+
+from __future__ import annotations
+
+from .harness_looker import LookerHarness
+from .harness_veza import VezaHarness
+from .harnesses import EsqlHarness, ProviderHarness
+
+HARNESSES: list[ProviderHarness] = [
+    EsqlHarness(),
+    LookerHarness(),
+    VezaHarness(),
+]
