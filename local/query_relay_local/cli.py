@@ -10,12 +10,11 @@ import argparse
 import gzip
 import json
 import logging
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
@@ -23,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
 from query_relay.providers import validate_query
+from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
 
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions.type_defs import HistoryEventTypeDef
@@ -80,13 +80,30 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=_run_command)
 
     emulate = commands.add_parser("emulate", help="serve an upstream emulator until Ctrl-C")
-    emulate.add_argument("upstream", choices=["esql"], help="which upstream to emulate")
+    emulate.add_argument("upstream", choices=sorted(UPSTREAMS), help="which upstream to emulate")
     emulate.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     emulate.add_argument(
         "--port", type=int, default=9200, help="port to listen on (9200; 0 picks a free one)"
     )
-    emulate.add_argument("--api-key", metavar="KEY", help="require this API key (default: accept any)")
+    emulate.add_argument(
+        "--api-key",
+        metavar="SECRET",
+        help="require this secret: the ES|QL API key, the Veza API key, or the Looker client secret "
+        f"(client id {LOOKER_CLIENT_ID!r}); default: accept any credentials",
+    )
     emulate.set_defaults(command=_emulate_command)
+
+    serve = commands.add_parser("serve", help="serve the HTTP API on the local stack until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080; 0 picks a free one)")
+    serve.add_argument(
+        "--connections",
+        type=Path,
+        metavar="FILE",
+        help='connections file {"<name>": {...}} (default: ./connections.json when present)',
+    )
+    serve.add_argument("--verbose", action="store_true", help="also show what the functions log")
+    serve.set_defaults(command=_serve_command)
 
     demo = commands.add_parser("demo", help="run sample jobs against the emulators and show the results")
     demo.add_argument(
@@ -325,12 +342,11 @@ class Progress:
 
 
 def _emulate_command(args: argparse.Namespace) -> int:
-    from query_relay_local.emulators.esql import EsqlEmulator  # noqa: PLC0415 - only this command needs it
-
-    emulator = EsqlEmulator(api_key=args.api_key)
+    upstream = UPSTREAMS[args.upstream]
+    emulator = upstream.start(args.api_key)
     base_url = emulator.start(args.host, args.port)
-    auth = "requires ApiKey auth" if args.api_key else "accepts any credentials"
-    print(f"ES|QL emulator at {base_url} ({auth}); Ctrl-C stops it", flush=True)
+    auth = "requires the given secret" if args.api_key else "accepts any credentials"
+    print(f"{upstream.title} emulator at {base_url} ({auth}); Ctrl-C stops it", flush=True)
     try:
         threading.Event().wait()  # serve until interrupted
     except KeyboardInterrupt:
@@ -340,67 +356,52 @@ def _emulate_command(args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED
 
 
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    connections_path: Path | None = args.connections
+    if connections_path is None and DEFAULT_CONNECTIONS_FILE.is_file():
+        connections_path = DEFAULT_CONNECTIONS_FILE
+    documents = (
+        {name: document for name, (document, _) in _read_connections(connections_path).items()}
+        if connections_path
+        else {}
+    )
+    from query_relay_local.api_server import serve_forever  # noqa: PLC0415 - moto loads slowly
+    from query_relay_local.stack import LocalStack  # noqa: PLC0415
+
+    with LocalStack(echo_logs=_echo(args.verbose)) as stack:
+        stack.load_connections(documents)
+        print(f"connections: {', '.join(sorted(documents)) or 'none'}", flush=True)
+        serve_forever(stack, args.host, args.port)
+    return EXIT_SUCCEEDED
+
+
 # --- demo ------------------------------------------------------------------------------------------
 
 
-DEMO_CONNECTION = "es-demo"
-
-
-@dataclass(frozen=True)
-class DemoJob:
-    title: str
-    spec: dict[str, Any]  # without "connection": the demo's own is added
-    query_seconds: float  # how long the emulator takes to answer it
-
-
-DEMO_JOBS = (
-    DemoJob(
-        "Average salary per department (answered inside the submit wait: no polling)",
-        {
-            "query": {
-                "query": "FROM employees | STATS avg_salary = AVG(salary), employees = COUNT(*) BY department"
-                " | SORT department"
-            },
-            "output": {"format": "jsonl", "compression": "none"},
-        },
-        query_seconds=0.0,
-    ),
-    DemoJob(
-        "Server errors in the web logs (a slower query: the workflow polls until it finishes)",
-        {
-            "query": {
-                "query": "FROM web_logs | WHERE status >= 500 | KEEP @timestamp, host, status, bytes"
-                " | SORT @timestamp | LIMIT 500"
-            },
-            "output": {"format": "csv", "compression": "gzip"},
-            "polling": {"initial_seconds": 1, "max_seconds": 2, "timeout_seconds": 120},
-        },
-        query_seconds=4.0,
-    ),
-)
-
-
 def _demo_command(args: argparse.Namespace) -> int:
-    from query_relay_local.emulators.esql import EsqlEmulator  # noqa: PLC0415 - only this command needs it
-    from query_relay_local.stack import LocalStack  # noqa: PLC0415
+    from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly
 
-    api_key = secrets.token_urlsafe(24)
     failures = 0
-    with EsqlEmulator(api_key=api_key) as emulator, LocalStack(echo_logs=_echo(args.verbose)) as stack:
-        connection = {
-            "provider": "esql",
-            "base_url": emulator.base_url,
-            "auth": {"type": "api_key", "api_key": api_key},
-        }
-        stack.load_connections({DEMO_CONNECTION: connection})
-        print(f"ES|QL emulator at {emulator.base_url}; local stack at {stack.endpoint_url}\n")
-        for number, demo_job in enumerate(DEMO_JOBS, start=1):
-            print(f"== {number}. {demo_job.title}", flush=True)
-            emulator.config.query_seconds = demo_job.query_seconds
-            job = Job.of({"connection": DEMO_CONNECTION, **demo_job.spec}, DEMO_CONNECTION, connection)
-            if run_job(stack, job, args.out) != EXIT_SUCCEEDED:
-                failures += 1
-            print(flush=True)
+    with ExitStack() as running:
+        stack = running.enter_context(LocalStack(echo_logs=_echo(args.verbose)))
+        print(f"local stack at {stack.endpoint_url}\n")
+        for upstream in UPSTREAMS.values():
+            secret = upstream.new_secret()
+            emulator = running.enter_context(upstream.start(secret))
+            connection_name = f"{upstream.name}-demo"
+            connection = upstream.connection(emulator.base_url, secret)
+            stack.load_connections({connection_name: connection})
+            print(f"### {upstream.title}: emulator at {emulator.base_url}\n", flush=True)
+            for number, demo_job in enumerate(upstream.demo_jobs, start=1):
+                print(f"== {upstream.name} {number}. {demo_job.title}", flush=True)
+                emulator.config.query_seconds = demo_job.query_seconds  # type: ignore[attr-defined]
+                spec = {"connection": connection_name, **demo_job.spec}
+                if run_job(stack, Job.of(spec, connection_name, connection), args.out) != EXIT_SUCCEEDED:
+                    failures += 1
+                print(flush=True)
     print(f"demo: {failures} job(s) failed" if failures else "demo finished", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_SUCCEEDED
 

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
@@ -47,7 +48,12 @@ from moto.core.config import default_user_config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import ThreadedWSGIServer
 
-from query_relay_local.lambda_runtime import CapturedLogs, LambdaInvokeMiddleware, LocalLambdaRuntime
+from query_relay_local.lambda_runtime import (
+    CapturedLogs,
+    InvocationResult,
+    LambdaInvokeMiddleware,
+    LocalLambdaRuntime,
+)
 from query_relay_local.template import (
     DEFAULT_TEMPLATE_PATH,
     LOCAL_ACCOUNT_ID,
@@ -141,6 +147,8 @@ class LocalStack:
             sfn_config = default_user_config.setdefault("stepfunctions", {})
             self._saved_execute_flag = sfn_config.get("execute_state_machine", False)
             sfn_config["execute_state_machine"] = True
+            _fix_moto_step_functions_integration()
+            _fix_moto_stop_execution()
             self._serve()
             self._apply_environment()
             self._logs.attach()
@@ -211,6 +219,13 @@ class LocalStack:
     def client(self, service: str) -> Any:
         """A boto3 client for any service of the stack."""
         return self._client(service)
+
+    def invoke(self, function_name: str, event: Any) -> InvocationResult:
+        """Invoke one of the template's functions in this process, as Lambda's Invoke API would."""
+        function = self.template.function(function_name)
+        if function is None:
+            raise LocalStackError(f"template.yaml has no function {function_name!r}")
+        return self._runtime.invoke(function, event)
 
     def load_connections(self, connections: Mapping[str, Mapping[str, Any]]) -> None:
         """Store each connection document as the secret the functions read (created or replaced)."""
@@ -370,6 +385,9 @@ class LocalStack:
         if bus != "default":
             self._client("events").create_event_bus(Name=bus)
         self._capture_events(bus)
+        schedule_group = self.function_environment.get("SCHEDULE_GROUP")
+        if schedule_group:  # where the API keeps schedules (stored by moto, never fired)
+            self._client("scheduler").create_schedule_group(Name=schedule_group)
         iam = self._client("iam")
         role = iam.create_role(
             RoleName=f"{LOCAL_STACK_NAME}-state-machine",
@@ -414,6 +432,64 @@ class LocalStack:
                 self.sfn.stop_execution(executionArn=execution["executionArn"], cause="local stack stopped")
         except Exception:
             logger.warning("could not stop the running executions", exc_info=True)
+
+
+def _fix_moto_step_functions_integration() -> None:
+    """Let ASL tasks start executions (``arn:aws:states:::states:startExecution``) on moto.
+
+    moto's ASL interpreter (ported from LocalStack) leaves out the step that renames a task's
+    parameters (``StateMachineArn``, as ASL spells them) to the SDK's (``stateMachineArn``), so the
+    call fails with ``KeyError: 'StateMachineArn'``. This puts that step back for the Step Functions
+    integration only, with moto's own renaming helper and botocore's model of the operation.
+    Idempotent; the state machine's schedule launcher needs it (statemachine/query.asl.json).
+    """
+    from botocore.session import get_session  # noqa: PLC0415 - only the local stack needs these
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: PLC0415
+        state_task_service_sfn,
+    )
+
+    service = state_task_service_sfn.StateTaskServiceSfn
+    if getattr(service, "_query_relay_fixed", False):
+        return
+    original = service._normalise_parameters
+
+    def normalise_parameters(
+        self: Any,
+        parameters: dict[str, Any],
+        boto_service_name: str | None = None,
+        service_action_name: str | None = None,
+    ) -> None:
+        original(self, parameters, boto_service_name, service_action_name)
+        model = get_session().get_service_model(self._get_boto_service_name(boto_service_name))
+        action = self._get_boto_service_action(service_action_name)
+        operation = next(name for name in model.operation_names if camel_to_snake(name) == action)
+        self._to_boto_request(parameters, model.operation_model(operation).input_shape)
+
+    setattr(service, "_normalise_parameters", normalise_parameters)  # noqa: B010 - patching moto
+    setattr(service, "_query_relay_fixed", True)  # noqa: B010
+
+
+def _fix_moto_stop_execution() -> None:
+    """Keep StopExecution's ``error`` and ``cause`` (DescribeExecution answers them on AWS; moto
+    5.2 drops them). The console-stop handler tells an API cancel from a console stop by them."""
+    from moto.stepfunctions.responses import StepFunctionResponse  # noqa: PLC0415
+
+    if getattr(StepFunctionResponse, "_query_relay_fixed", False):
+        return
+    original = StepFunctionResponse.stop_execution
+
+    def stop_execution(self: Any) -> Any:
+        answer = original(self)
+        execution = self.stepfunction_backend.describe_execution(self._get_param("executionArn"))
+        execution.error, execution.cause = self._get_param("error"), self._get_param("cause")
+        return answer
+
+    setattr(StepFunctionResponse, "stop_execution", stop_execution)  # noqa: B010 - patching moto
+    setattr(StepFunctionResponse, "_query_relay_fixed", True)  # noqa: B010
+
+
+def camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def new_job_id() -> str:

@@ -26,6 +26,7 @@ DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 _FUNCTION = "AWS::Serverless::Function"
 _STATE_MACHINE = "AWS::Serverless::StateMachine"
 _BUCKET = "AWS::S3::Bucket"
+_ROLE = "AWS::IAM::Role"
 _SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
@@ -306,6 +307,8 @@ class _Resolver:
             return f"arn:{LOCAL_PARTITION}:s3:::{self.buckets[name]}"
         if kind == _STATE_MACHINE and attribute == "Name":
             return name
+        if kind == _ROLE and attribute == "Arn":
+            return f"arn:{LOCAL_PARTITION}:iam::{LOCAL_ACCOUNT_ID}:role/{name}"
         raise TemplateError(f"{where}: Fn::GetAtt {name}.{attribute} has no local stand-in")
 
     def sub(self, argument: Any, where: str) -> str:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 ASL_PATH = ROOT / "statemachine" / "query.asl.json"
 # Error names the ASL may use that belong to AWS rather than to our library.
-AWS_ERROR_PREFIXES = ("States.", "Lambda.")
+AWS_ERROR_PREFIXES = ("States.", "Lambda.", "StepFunctions.")
 
 
 def load_template() -> dict[str, Any]:
@@ -167,11 +167,12 @@ def test_results_bucket_is_private_encrypted_and_tls_only(template: dict[str, An
 def test_no_wildcard_actions_and_wildcard_resources_only_where_aws_allows_nothing_narrower(
     template: dict[str, Any],
 ) -> None:
-    # Vended-logs delivery actions for Step Functions logging accept only "*" (AWS documentation).
+    # Vended-logs delivery actions for Step Functions logging and Scheduler's ListSchedules accept
+    # only "*" (AWS Service Authorization Reference).
     only_star_resource = {
         "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
         "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
-        "logs:DescribeLogGroups",
+        "logs:DescribeLogGroups", "scheduler:ListSchedules",
     }  # fmt: skip
     for logical_id, resource in template["Resources"].items():
         for policy in resource.get("Properties", {}).get("Policies", []):

@@ -19,6 +19,8 @@ from query_relay_local.template import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
+WORKFLOW_FUNCTIONS = ("SubmitFunction", "PollFunction", "FetchFunction", "CleanupFunction")
+
 
 def write_template(directory: Path, body: str) -> Path:
     path = directory / "template.yaml"
@@ -35,7 +37,12 @@ def test_every_function_of_the_template_is_found_with_a_handler_file() -> None:
     template = load_template()
 
     # Then each function has its CodeUri directory and an existing handler file
-    assert set(template.functions) == {"SubmitFunction", "PollFunction", "FetchFunction", "CleanupFunction"}
+    assert set(template.functions) == {
+        *WORKFLOW_FUNCTIONS,
+        "ApiFunction",
+        "ExecutionStoppedFunction",
+        "ManifestConsumerFunction",
+    }
     for function in template.functions.values():
         assert function.code_uri.parent == ROOT / "functions"
         assert function.handler == "app.lambda_handler"
@@ -59,7 +66,10 @@ def test_function_settings_merge_globals_with_the_function() -> None:
     assert submit.environment["POWERTOOLS_LOG_LEVEL"] == "INFO"
     assert submit.environment["CONNECTION_SECRET_PREFIX"] == "query-relay/connections/"
     assert submit.environment["RESULTS_BUCKET"] == template.buckets["ResultsBucket"]
-    assert "SUBMIT_WAIT_SECONDS" not in cleanup.environment
+    # A function's own variables stay its own
+    api = template.functions["ApiFunction"]
+    assert api.environment["STATE_MACHINE_ARN"].endswith(":stateMachine:QueryStateMachine")
+    assert "STATE_MACHINE_ARN" not in cleanup.environment
 
 
 def test_substitutions_resolve_to_local_function_arns_and_parameter_defaults() -> None:
@@ -85,7 +95,7 @@ def test_the_definition_has_every_substitution_applied_and_names_only_template_f
         for state in definition["States"].values()
         if state.get("Resource", "").startswith("arn:aws:lambda:")
     }
-    assert lambda_resources == {function.arn for function in template.functions.values()}
+    assert lambda_resources == {template.functions[name].arn for name in WORKFLOW_FUNCTIONS}
     assert all(template.function(arn) is not None for arn in lambda_resources)
 
 

@@ -1,0 +1,280 @@
+"""Jobs as the API sees them: start, describe, list and cancel executions of the query state machine.
+
+The execution name is the job id, so starting a job twice yields one execution. Step Functions
+refuses a second start of a name once that execution has closed (and moto even while it runs),
+so on ``ExecutionAlreadyExists`` the existing execution's input is compared with the new spec:
+the same spec is the same job, another spec is a conflict.
+
+A stopped execution runs no Catch state, so cancelling does what Cleanup would have done: it reads
+the execution's last known job state from its history, hands it to ``workflow.cleanup`` (cancel
+upstream, drop partial output) and sends "Query Failed" with the error ``Cancelled``. The same
+code serves DELETE /queries/{job_id} and executions stopped elsewhere (the console, the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from query_relay import workflow
+from query_relay.api import aws
+from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinished, JobNotFound
+from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
+from query_relay.api.settings import get_control_settings
+from query_relay.connections import load_connection
+from query_relay.exceptions import InvalidJobSpec
+from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
+from query_relay.observability import logger
+from query_relay.providers import validate_query
+from query_relay.state import Failure, JobState
+
+if TYPE_CHECKING:
+    from mypy_boto3_stepfunctions.type_defs import DescribeExecutionOutputTypeDef, HistoryEventTypeDef
+
+CANCELLED = "Cancelled"
+# The stop cause the API leaves on an execution it cancels: the console-stop handler skips those.
+API_CANCEL_CAUSE = "cancelled through the query-relay API"
+# Task states whose output carries the job state ($.job) after they exit.
+_JOB_STATES = ("Submit", "Poll", "Fetch")
+
+
+def new_job_id(now: datetime | None = None) -> str:
+    """``q-<UTC time>-<random>``: sorts by time, never collides in practice, a valid execution name."""
+    return f"q-{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def execution_arn(job_id: str) -> str:
+    machine = get_control_settings().state_machine_arn
+    return f"{machine.replace(':stateMachine:', ':execution:', 1)}:{job_id}"
+
+
+def links_of(job_id: str) -> dict[str, str]:
+    return {"self": f"/queries/{job_id}"}
+
+
+# --- start ---------------------------------------------------------------------------------------
+
+
+def validate_job(spec: JobSpec) -> None:
+    """What Submit would refuse, refused before anything starts: the connection and the query."""
+    connection = load_connection(spec.connection)
+    validate_query(connection.provider, spec.query)
+
+
+def start_job(spec: JobSpec) -> JobAccepted:
+    validate_job(spec)
+    job_id = spec.job_id or new_job_id()
+    named = spec.model_copy(update={"job_id": job_id})
+    client = aws.sfn()
+    try:
+        client.start_execution(
+            stateMachineArn=get_control_settings().state_machine_arn,
+            name=job_id,
+            input=json.dumps(named.model_dump(mode="json")),
+        )
+    except client.exceptions.ExecutionAlreadyExists:
+        existing = _describe(job_id)
+        if _spec_of(existing) != named:
+            raise JobConflict(f"job {job_id!r} exists with a different spec; choose another job_id") from None
+        logger.info("job exists already with the same spec", extra={"job_id": job_id})
+        return JobAccepted(job_id=job_id, status=existing["status"], links=links_of(job_id))
+    logger.info("job started", extra={"job_id": job_id, "connection": spec.connection})
+    return JobAccepted(job_id=job_id, status="RUNNING", links=links_of(job_id))
+
+
+def _spec_of(described: DescribeExecutionOutputTypeDef) -> JobSpec | None:
+    """The spec an execution was started with (its name as job id when the input had none)."""
+    try:
+        spec = parse_job_spec(json.loads(described.get("input") or "null"))
+    except (InvalidJobSpec, ValueError):
+        return None
+    return spec if spec.job_id else spec.model_copy(update={"job_id": described["name"]})
+
+
+# --- describe and list ---------------------------------------------------------------------------
+
+
+def describe_job(job_id: str) -> JobView:
+    described = _describe(job_id)
+    status = described["status"]
+    started, stopped = described["startDate"], described.get("stopDate")
+    view: dict[str, Any] = {
+        "job_id": job_id,
+        "status": status,
+        "started_at": started,
+        "stopped_at": stopped,
+        "duration_seconds": (stopped - started).total_seconds() if stopped else None,
+        "error": described.get("error"),
+        "cause": described.get("cause"),
+        "links": links_of(job_id),
+    }
+    spec = _spec_of(described)
+    if spec is not None:
+        view["connection"] = spec.connection
+    job = None if status == "SUCCEEDED" else _last_job_state(described["executionArn"])
+    if job is not None:
+        view |= {"provider": job.provider, "upstream_id": job.upstream_id, "polls": job.polls}
+    output = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
+    if "manifest_key" in output:  # a schedule's launcher run succeeds without a result of its own
+        manifest = read_manifest(output["bucket"], output["manifest_key"])
+        view |= {
+            "provider": manifest.provider,
+            "upstream_id": manifest.upstream_id,
+            "polls": manifest.polls,
+            "manifest": manifest,
+            "downloads": _downloads(output["bucket"], output["manifest_key"], manifest),
+        }
+    return JobView.model_validate(view)
+
+
+def list_jobs(status: str | None = None, limit: int = 20, next_token: str | None = None) -> JobPage:
+    """Newest first (the order Step Functions lists executions in)."""
+    arguments: dict[str, Any] = {
+        "stateMachineArn": get_control_settings().state_machine_arn,
+        "maxResults": limit,
+    }
+    if status:
+        arguments["statusFilter"] = status
+    if next_token:
+        arguments["nextToken"] = next_token
+    client = aws.sfn()
+    try:
+        page = client.list_executions(**arguments)
+    except client.exceptions.InvalidToken:
+        raise InvalidPageToken("not a next_token of this listing (or it has expired)") from None
+    jobs = [
+        JobSummary(
+            job_id=execution["name"],
+            status=execution["status"],
+            started_at=execution["startDate"],
+            stopped_at=execution.get("stopDate"),
+            links=links_of(execution["name"]),
+        )
+        for execution in page["executions"]
+    ]
+    return JobPage(jobs=jobs, next_token=page.get("nextToken"))
+
+
+def read_manifest(bucket: str, key: str) -> Manifest:
+    body = aws.s3().get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        return Manifest.model_validate_json(body.read())
+    finally:
+        body.close()
+
+
+def _downloads(bucket: str, manifest_key: str, manifest: Manifest) -> Downloads:
+    expiry = get_control_settings().link_expiry_seconds
+    client = aws.s3()
+
+    def link(key: str) -> str:
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry
+        )
+
+    return Downloads(
+        expires_at=datetime.now(UTC) + timedelta(seconds=expiry),
+        manifest=Download(key=manifest_key, url=link(manifest_key)),
+        objects=[
+            Download(key=entry.key, url=link(entry.key), bytes=entry.bytes, sha256=entry.sha256)
+            for entry in manifest.objects
+        ],
+    )
+
+
+def _describe(job_id: str) -> DescribeExecutionOutputTypeDef:
+    if not re.fullmatch(JOB_ID_PATTERN, job_id):
+        raise JobNotFound(f"no job {job_id!r}: job ids match {JOB_ID_PATTERN}")
+    client = aws.sfn()
+    try:
+        return client.describe_execution(executionArn=execution_arn(job_id))
+    except client.exceptions.ExecutionDoesNotExist:
+        raise JobNotFound(f"no job {job_id!r}") from None
+
+
+# --- cancel --------------------------------------------------------------------------------------
+
+
+def cancel_job(job_id: str) -> JobView:
+    """Stop the execution, then clean up as its Cleanup state would have (module docstring)."""
+    described = _describe(job_id)
+    if described["status"] != "RUNNING":
+        raise JobFinished(f"job {job_id!r} is {described['status']}; only a RUNNING job can be cancelled")
+    aws.sfn().stop_execution(
+        executionArn=described["executionArn"], error=CANCELLED, cause=f"{API_CANCEL_CAUSE} (DELETE)"
+    )
+    clean_up_stopped_execution(described["executionArn"], cause=API_CANCEL_CAUSE)
+    return describe_job(job_id)
+
+
+def on_execution_aborted(arn: str) -> Failure | None:
+    """An execution of the query machine was stopped (EventBridge status change): clean up unless
+    the API did it already."""
+    described = aws.sfn().describe_execution(executionArn=arn)
+    if (described.get("cause") or "").startswith(API_CANCEL_CAUSE):
+        logger.info("cancelled through the API, which cleaned up already")
+        return None
+    reason = described.get("cause") or "the execution was stopped"
+    return clean_up_stopped_execution(arn, cause=f"stopped outside query-relay: {reason}")
+
+
+def clean_up_stopped_execution(arn: str, *, cause: str) -> Failure:
+    """Cancel the upstream task, drop partial output and announce "Query Failed" (error Cancelled)."""
+    client = aws.sfn()
+    described = client.describe_execution(executionArn=arn)
+    state: dict[str, Any] = {
+        "spec": json.loads(described.get("input") or "null"),
+        "execution": described["name"],
+        "error": {"Error": CANCELLED, "Cause": cause},
+    }
+    job = _last_job_state(arn)
+    if job is not None:
+        state["job"] = job.model_dump(mode="json")
+    failure = Failure.model_validate(workflow.cleanup(state))
+    _announce_failure(failure)
+    return failure
+
+
+def _announce_failure(failure: Failure) -> None:
+    """The same event the state machine's PublishFailed state sends."""
+    detail = failure.model_dump(include={"job_id", "connection", "provider", "error", "cause"})
+    response = aws.events().put_events(
+        Entries=[
+            {
+                "Source": "query-relay",
+                "DetailType": "Query Failed",
+                "EventBusName": get_control_settings().event_bus_name,
+                "Detail": json.dumps(detail),
+            }
+        ]
+    )
+    if response.get("FailedEntryCount"):
+        logger.warning("could not send the Query Failed event", extra={"entries": response["Entries"]})
+
+
+def _last_job_state(arn: str) -> JobState | None:
+    """The job state ($.job) the last Submit/Poll/Fetch left: upstream id, provider, poll count."""
+    for event in _history_newest_first(arn):
+        details = event.get("stateExitedEventDetails")
+        if event["type"] != "TaskStateExited" or not details or details["name"] not in _JOB_STATES:
+            continue
+        output = json.loads(details.get("output") or "{}")
+        try:
+            return JobState.model_validate(output["job"])
+        except (KeyError, TypeError, ValidationError):
+            continue  # Submit failed (caught): no $.job yet at this point
+    return None
+
+
+def _history_newest_first(arn: str) -> Iterator[HistoryEventTypeDef]:
+    """Newest events first, page by page, so a long execution needs one page, not all of them.
+    (moto ignores reverseOrder and answers one page oldest first: sorting a page covers both.)"""
+    paginator = aws.sfn().get_paginator("get_execution_history")
+    for page in paginator.paginate(executionArn=arn, reverseOrder=True, includeExecutionData=True):
+        yield from sorted(page["events"], key=lambda event: event["id"], reverse=True)

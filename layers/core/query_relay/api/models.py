@@ -1,0 +1,136 @@
+"""Request and response bodies of the HTTP API (docs/design.md, "HTTP API"); the OpenAPI document
+is generated from these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from query_relay.models import JobSpec, Manifest, StrictModel
+
+ExecutionStatus = Literal["RUNNING", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "PENDING_REDRIVE"]
+# A schedule's runs are named "<schedule>-<scheduled time>" (19 characters); job ids hold 80.
+PageSize = Annotated[int, Query(ge=1, le=100, description="items per page")]
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,60}$"
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class FieldProblem(ResponseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(ResponseModel):
+    error: str = Field(description="a stable name: InvalidRequest, InvalidJobSpec, JobNotFound, ...")
+    message: str
+    fields: list[FieldProblem] = Field(default_factory=list)
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class JobAccepted(ResponseModel):
+    job_id: str
+    status: ExecutionStatus
+    links: dict[str, str] = Field(description="self: where to follow the job")
+
+
+class Download(ResponseModel):
+    key: str
+    url: str
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+class Downloads(ResponseModel):
+    """Presigned GET links; anyone holding one can read that object until ``expires_at``."""
+
+    expires_at: datetime
+    manifest: Download
+    objects: list[Download]
+
+
+class JobView(ResponseModel):
+    job_id: str
+    status: ExecutionStatus
+    connection: str | None = None
+    provider: str | None = None
+    upstream_id: str | None = None
+    started_at: datetime
+    stopped_at: datetime | None = None
+    duration_seconds: float | None = None
+    polls: int = 0
+    error: str | None = None
+    cause: str | None = None
+    manifest: Manifest | None = None
+    downloads: Downloads | None = None
+    links: dict[str, str]
+
+
+class JobSummary(ResponseModel):
+    job_id: str
+    status: ExecutionStatus
+    started_at: datetime
+    stopped_at: datetime | None = None
+    links: dict[str, str]
+
+
+class JobPage(ResponseModel):
+    jobs: list[JobSummary]
+    next_token: str | None = Field(default=None, description="pass as ?next_token= for the next page")
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+
+class ScheduledJobSpec(JobSpec):
+    """A job spec without ``job_id``: each run's job id is ``<schedule name>-<scheduled time>``."""
+
+    @field_validator("job_id")
+    @classmethod
+    def _no_fixed_job_id(cls, job_id: str | None) -> None:
+        if job_id is not None:
+            raise ValueError("may not be set: each run's job id is '<schedule name>-<scheduled time>'")
+        return job_id
+
+
+class ScheduleRequest(StrictModel):
+    name: str = Field(pattern=SCHEDULE_NAME_PATTERN)
+    expression: str = Field(
+        min_length=1, max_length=256, description="cron(min hour day month weekday year) or rate(N unit)"
+    )
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=50, description="IANA name, e.g. Europe/Paris"
+    )
+    spec: ScheduledJobSpec = Field(description="the job each run starts, as job '<name>-<scheduled time>'")
+    enabled: bool = True
+    description: str = Field(default="", max_length=512)
+
+
+class ScheduleView(ResponseModel):
+    name: str
+    expression: str
+    timezone: str
+    enabled: bool
+    description: str = ""
+    spec: JobSpec | None = None
+    created_at: datetime | None = None
+    links: dict[str, str]
+
+
+class ScheduleSummary(ResponseModel):
+    name: str
+    enabled: bool
+    created_at: datetime | None = None
+    links: dict[str, str]
+
+
+class SchedulePage(ResponseModel):
+    schedules: list[ScheduleSummary]
+    next_token: str | None = None

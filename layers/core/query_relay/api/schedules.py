@@ -1,0 +1,187 @@
+"""Schedules: EventBridge Scheduler schedules, in the application's group, that start a job spec.
+
+A schedule's target is the query state machine itself, with the input
+``{"schedule": <name>, "scheduled_time": "<aws.scheduler.scheduled-time>", "spec": <job spec>}``.
+Scheduler fills in the scheduled time of each run, but cannot name the execution it starts, and the
+time holds ':' which execution names may not. So the machine's first state sees ``schedule`` and
+starts the real job as a new execution named ``<name>-<time without ':'>``
+(``nightly-2026-11-25T020000Z``) and ends; a redelivered trigger finds that name taken and ends too.
+Each scheduled run therefore happens once, under a job id that says which run it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from functools import cache
+from typing import Any
+
+from query_relay.api import aws
+from query_relay.api.exceptions import InvalidPageToken, InvalidSchedule, ScheduleConflict, ScheduleNotFound
+from query_relay.api.jobs import validate_job
+from query_relay.api.models import SchedulePage, ScheduleRequest, ScheduleSummary, ScheduleView
+from query_relay.api.settings import get_control_settings
+from query_relay.exceptions import InvalidJobSpec
+from query_relay.models import parse_job_spec
+from query_relay.observability import logger
+
+SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
+# A run that cannot start within this time (throttling, an outage) is dropped rather than run late.
+MAXIMUM_EVENT_AGE_SECONDS = 3600
+MAXIMUM_RETRY_ATTEMPTS = 20
+
+_RATE = re.compile(r"rate\((?P<value>[1-9]\d{0,8}) (?P<unit>minutes?|hours?|days?)\)")
+_CRON = re.compile(r"cron\((?P<fields>[^()]+)\)")
+_AT = re.compile(r"at\(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\)")
+# EventBridge cron fields: minutes hours day-of-month month day-of-week year (docs: "Cron expressions").
+_CRON_FIELDS = (
+    ("minutes", r"[0-9,*/-]+"),
+    ("hours", r"[0-9,*/-]+"),
+    ("day-of-month", r"[0-9,*/?LW-]+"),
+    ("month", r"[0-9A-Za-z,*/-]+"),
+    ("day-of-week", r"[0-9A-Za-z,*/?L#-]+"),
+    ("year", r"[0-9,*/-]+"),
+)
+
+
+def validate_expression(expression: str) -> None:
+    """cron(...), rate(...) or at(...), as EventBridge Scheduler takes them; InvalidSchedule if not."""
+    if _AT.fullmatch(expression):
+        return
+    rate = _RATE.fullmatch(expression)
+    if rate:
+        if (rate["value"] == "1") == rate["unit"].endswith("s"):
+            raise InvalidSchedule("expression", "use the singular unit for 1 and the plural otherwise")
+        return
+    cron = _CRON.fullmatch(expression)
+    if not cron:
+        raise InvalidSchedule(
+            "expression",
+            "must be cron(min hour day-of-month month day-of-week year), rate(N unit) or at(...)",
+        )
+    fields = cron["fields"].split()
+    if len(fields) != len(_CRON_FIELDS):
+        raise InvalidSchedule("expression", f"cron takes 6 fields, got {len(fields)}")
+    for value, (name, allowed) in zip(fields, _CRON_FIELDS, strict=True):
+        if not re.fullmatch(allowed, value):
+            raise InvalidSchedule("expression", f"cron {name} field {value!r} is not valid")
+    if "?" not in (fields[2], fields[4]):
+        raise InvalidSchedule("expression", "cron needs '?' in day-of-month or day-of-week")
+
+
+@cache
+def _known_time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def validate_timezone(name: str) -> None:
+    known = _known_time_zones()
+    # Without a time zone database here, Scheduler's own check (ValidationException) decides.
+    if known and name not in known and name != "UTC":
+        raise InvalidSchedule("timezone", f"{name!r} is not an IANA time zone name (e.g. Europe/Paris)")
+
+
+def schedule_input(request: ScheduleRequest) -> dict[str, Any]:
+    return {
+        "schedule": request.name,
+        "scheduled_time": SCHEDULED_TIME,
+        "spec": request.spec.model_dump(mode="json", exclude={"job_id"}),
+    }
+
+
+def create_schedule(request: ScheduleRequest) -> ScheduleView:
+    validate_expression(request.expression)
+    validate_timezone(request.timezone)
+    validate_job(request.spec)
+    settings = get_control_settings()
+    if not settings.scheduler_role_arn:
+        raise InvalidSchedule("name", "schedules are not available: SCHEDULER_ROLE_ARN is not set")
+    client = aws.scheduler()
+    try:
+        client.create_schedule(
+            Name=request.name,
+            GroupName=settings.schedule_group,
+            ScheduleExpression=request.expression,
+            ScheduleExpressionTimezone=request.timezone,
+            State="ENABLED" if request.enabled else "DISABLED",
+            Description=request.description,
+            FlexibleTimeWindow={"Mode": "OFF"},
+            Target={
+                "Arn": settings.state_machine_arn,
+                "RoleArn": settings.scheduler_role_arn,
+                "Input": json.dumps(schedule_input(request)),
+                "RetryPolicy": {
+                    "MaximumEventAgeInSeconds": MAXIMUM_EVENT_AGE_SECONDS,
+                    "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
+                },
+            },
+        )
+    except client.exceptions.ConflictException:
+        raise ScheduleConflict(f"a schedule named {request.name!r} exists already") from None
+    except client.exceptions.ValidationException as error:
+        raise InvalidSchedule("expression", error.response["Error"]["Message"]) from None
+    logger.info("schedule created", extra={"schedule": request.name, "expression": request.expression})
+    return get_schedule(request.name)
+
+
+def get_schedule(name: str) -> ScheduleView:
+    client = aws.scheduler()
+    try:
+        schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
+    except client.exceptions.ResourceNotFoundException:
+        raise ScheduleNotFound(f"no schedule {name!r}") from None
+    spec = None
+    try:
+        spec = parse_job_spec(json.loads(schedule["Target"].get("Input") or "{}").get("spec"))
+    except (InvalidJobSpec, ValueError, AttributeError):
+        logger.warning("schedule input is not ours", extra={"schedule": name})
+    return ScheduleView(
+        name=schedule["Name"],
+        expression=schedule["ScheduleExpression"],
+        timezone=schedule.get("ScheduleExpressionTimezone") or "UTC",
+        enabled=schedule.get("State", "ENABLED") == "ENABLED",
+        description=schedule.get("Description") or "",
+        spec=spec,
+        created_at=schedule.get("CreationDate"),
+        links=links_of(schedule["Name"]),
+    )
+
+
+def list_schedules(limit: int = 20, next_token: str | None = None) -> SchedulePage:
+    arguments: dict[str, Any] = {"GroupName": get_control_settings().schedule_group, "MaxResults": limit}
+    if next_token:
+        arguments["NextToken"] = next_token
+    client = aws.scheduler()
+    try:
+        page = client.list_schedules(**arguments)
+    except client.exceptions.ValidationException:
+        raise InvalidPageToken("not a next_token of this listing (or it has expired)") from None
+    return SchedulePage(
+        schedules=[
+            ScheduleSummary(
+                name=summary["Name"],
+                enabled=summary.get("State", "ENABLED") == "ENABLED",
+                created_at=summary.get("CreationDate"),
+                links=links_of(summary["Name"]),
+            )
+            for summary in page["Schedules"]
+        ],
+        next_token=page.get("NextToken"),
+    )
+
+
+def delete_schedule(name: str) -> ScheduleView:
+    """Delete it; the answer is what was deleted."""
+    deleted = get_schedule(name)
+    client = aws.scheduler()
+    try:
+        client.delete_schedule(Name=name, GroupName=get_control_settings().schedule_group)
+    except client.exceptions.ResourceNotFoundException:
+        raise ScheduleNotFound(f"no schedule {name!r}") from None
+    logger.info("schedule deleted", extra={"schedule": name})
+    return deleted
+
+
+def links_of(name: str) -> dict[str, str]:
+    return {"self": f"/schedules/{name}"}

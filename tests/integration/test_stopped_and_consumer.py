@@ -1,0 +1,133 @@
+"""The two event-driven functions, invoked like Lambda with the sample events in events/ (moto emits
+neither Step Functions status-change events nor S3 "Object Created" ones)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from query_relay_local.emulators.esql import EsqlEmulator
+from query_relay_local.stack import LocalStack
+
+from .conftest import ES_CONNECTION, esql_connection
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+PATIENCE_SECONDS = 60.0
+
+
+def sample_event(name: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return event
+
+
+def aborted_event(stack: LocalStack, execution_arn: str) -> dict[str, Any]:
+    """events/execution_aborted.json about this execution."""
+    event = sample_event("execution_aborted.json")
+    event["resources"] = [execution_arn]
+    event["detail"] |= {
+        "executionArn": execution_arn,
+        "stateMachineArn": stack.state_machine_arn,
+        "name": execution_arn.rsplit(":", 1)[1],
+    }
+    return event
+
+
+def invoke(stack: LocalStack, function: str, event: dict[str, Any]) -> dict[str, Any]:
+    result = stack.invoke(function, event)
+    assert result.function_error is None, result.payload
+    answer: dict[str, Any] = json.loads(result.payload)
+    return answer
+
+
+def polling_job(stack: LocalStack, job_id: str) -> tuple[str, str]:
+    """Start a long query and wait until it is being polled: (execution ARN, upstream id)."""
+    spec = {
+        "job_id": job_id,
+        "connection": ES_CONNECTION,
+        "query": {"query": "FROM employees | LIMIT 5"},
+        "polling": {"initial_seconds": 1, "max_seconds": 1, "timeout_seconds": 60},
+    }
+    execution_arn = stack.start_job(spec)
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while time.monotonic() < deadline:
+        for event in stack.history(execution_arn):
+            details = event.get("stateExitedEventDetails")
+            if event["type"] == "TaskStateExited" and details and details["name"] == "Submit":
+                return execution_arn, json.loads(details["output"])["job"]["upstream_id"]
+        time.sleep(0.1)
+    raise AssertionError("the job never got past Submit")
+
+
+def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel(
+    esql_emulator: EsqlEmulator,
+) -> None:
+    # Given a job polling a long query
+    esql_emulator.config.query_seconds = 60
+    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        execution_arn, upstream_id = polling_job(stack, "console-stop-1")
+        # When someone stops it in the console (no Catch state runs) and the status change arrives
+        stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
+        answer = invoke(stack, "ExecutionStoppedFunction", aborted_event(stack, execution_arn))
+        # Then the upstream task is deleted and "Query Failed" announces the cancellation
+        assert answer["cleaned_up"] is True
+        assert esql_emulator.task_states()[upstream_id] == "deleted"
+        failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+        assert failed == [
+            {
+                "job_id": "console-stop-1",
+                "connection": ES_CONNECTION,
+                "provider": "esql",
+                "error": "Cancelled",
+                "cause": "stopped outside query-relay: stopped by an operator",
+            }
+        ]
+
+
+def test_an_execution_the_api_cancelled_is_not_cleaned_up_twice(esql_emulator: EsqlEmulator) -> None:
+    # Given a job the API cancelled (it cleaned up and announced it already)
+    esql_emulator.config.query_seconds = 60
+    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        execution_arn, _ = polling_job(stack, "api-cancel-1")
+        cancel = {
+            "httpMethod": "DELETE",
+            "path": "/queries/api-cancel-1",
+            "requestContext": {"requestId": "r1"},
+        }
+        assert invoke(stack, "ApiFunction", cancel)["statusCode"] == 200
+        # When the status change for that stop arrives
+        answer = invoke(stack, "ExecutionStoppedFunction", aborted_event(stack, execution_arn))
+        # Then nothing more happens: one "Query Failed" event in all
+        assert answer == {"cleaned_up": False, "failure": None}
+        failed = [event for event in stack.events() if event["detail-type"] == "Query Failed"]
+        assert len(failed) == 1
+
+
+def test_the_sample_consumer_reads_the_manifest_that_landed(stack: LocalStack) -> None:
+    # Given a job that succeeded
+    spec = {
+        "job_id": "consumed-1",
+        "connection": ES_CONNECTION,
+        "query": {"query": "FROM employees | LIMIT 7"},
+    }
+    final, _ = stack.run_job(spec, timeout=60)
+    assert final["status"] == "SUCCEEDED"
+    manifest_key = json.loads(final["output"])["manifest_key"]
+    # When S3 announces its manifest (events/manifest_created.json about that object)
+    event = sample_event("manifest_created.json")
+    event["detail"]["bucket"]["name"] = stack.bucket
+    event["detail"]["object"]["key"] = manifest_key
+    answer = invoke(stack, "ManifestConsumerFunction", event)
+    # Then the consumer has read it: the rows and the objects to fetch
+    manifest = json.loads(stack.s3.get_object(Bucket=stack.bucket, Key=manifest_key)["Body"].read())
+    assert answer == {
+        "job_id": "consumed-1",
+        "row_count": 7,
+        "keys": [entry["key"] for entry in manifest["objects"]],
+    }
+    assert any('"result ready"' in line and '"rows":7' in line for line in stack.logs)
