@@ -18,7 +18,7 @@ class Settings(BaseModel):
     # Rows are rolled into a new part once a part holds this many (uncompressed) bytes.
     part_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     # Longest a Poll may hold one upstream long-poll (must stay well under the Lambda timeout).
-    long_poll_max_seconds: float = Field(default=20.0, ge=0, le=600)
+    long_poll_max_seconds: float = Field(default=30.0, ge=0, le=600)
     # How long Submit waits for the upstream to finish inline (the fast path).
     submit_wait_seconds: float = Field(default=2.0, ge=0, le=600)
 

@@ -7,7 +7,9 @@ state machine stores (see ``query_relay.state``). Handlers only call these.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -17,11 +19,12 @@ import boto3
 
 from query_relay.connections import load_connection
 from query_relay.exceptions import QueryTimedOut
-from query_relay.models import JobSpec, Manifest, parse_job_spec
+from query_relay.models import JobSpec, Manifest, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
-from query_relay.polling import next_wait_seconds
+from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
 from query_relay.providers import (
     FetchedResult,
+    PollStatus,
     Provider,
     SubmitOptions,
     open_provider,
@@ -93,7 +96,7 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
                 provider=connection.provider,
                 upstream_id=submission.upstream_id,
                 status="RUNNING",
-                wait_seconds=next_wait_seconds(spec.polling, 0),
+                wait_seconds=_first_wait_seconds(provider, spec, submitted_at),
                 submitted_at=submitted_at,
                 deadline=submitted_at + timedelta(seconds=spec.polling.timeout_seconds),
                 provider_state=submission.state,
@@ -112,6 +115,14 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
     logger.info("submitted", extra={"status": job.status, "provider": job.provider})
     return job.model_dump(mode="json")
+
+
+def _first_wait_seconds(provider: Provider, spec: JobSpec, submitted_at: datetime) -> int:
+    """After a long-poll upstream's submit the Wait is the shortest: the Polls do the waiting."""
+    if provider.long_polls:
+        return MIN_WAIT_SECONDS
+    elapsed = (_now() - submitted_at).total_seconds()
+    return next_wait_seconds(spec.polling, 0, elapsed_seconds=elapsed, jitter=random.random)
 
 
 def _bounded_wait(wanted: float, seconds_left: float | None) -> float:
@@ -133,22 +144,10 @@ def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[st
             f"job {job.job_id} still running upstream after {spec.polling.timeout_seconds}s "
             f"(polling.timeout_seconds); {job.polls} polls"
         )
-    long_poll = min(get_settings().long_poll_max_seconds, left_in_job)
-    long_poll = _bounded_wait(long_poll, seconds_left)
+    hold = _bounded_wait(min(get_settings().long_poll_max_seconds, left_in_job), seconds_left)
     with _provider_for(job.connection) as provider:
-        status = provider.poll(job.upstream_id, job.provider_state, long_poll)
+        status = watch_upstream(provider, spec.polling, job, hold_seconds=hold)
     job.polls += 1
-    if status.state is not None:
-        job.provider_state = status.state
-    if status.finished:
-        job.status = "FINISHED"
-    else:
-        job.wait_seconds = next_wait_seconds(
-            spec.polling,
-            job.polls,
-            retry_after_seconds=status.retry_after_seconds,
-            seconds_left=(job.deadline - _now()).total_seconds(),
-        )
     logger.info(
         "polled",
         extra={
@@ -160,6 +159,47 @@ def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[st
     )
     metrics.add_metric(name="Polls", unit="Count", value=1)
     return job.model_dump(mode="json")
+
+
+def watch_upstream(
+    provider: Provider,
+    polling: PollingSpec,
+    job: JobState,
+    *,
+    hold_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Jitter | None = random.random,
+) -> PollStatus:
+    """Check the task, and keep checking inside this invocation (long-polls, or short sleeps
+    where those are cheaper than another Wait -> Poll round) for up to ``hold_seconds``. Sets
+    ``job.status`` to FINISHED, or ``job.wait_seconds`` for the Wait state; the last status."""
+    assert job.upstream_id is not None
+    hold_until = clock() + max(hold_seconds, 0.0)
+    checks = 0
+    while True:
+        long_poll = max(hold_until - clock(), 0.0) if provider.long_polls else 0.0
+        status = provider.poll(job.upstream_id, job.provider_state, long_poll)
+        checks += 1
+        if status.state is not None:
+            job.provider_state = status.state
+        if status.finished:
+            job.status = "FINISHED"
+            return status
+        next_check = plan_next_check(
+            polling,
+            polls_done=job.polls + checks - 1,
+            elapsed_seconds=(_now() - job.submitted_at).total_seconds(),
+            hold_left_seconds=hold_until - clock(),
+            job_seconds_left=(job.deadline - _now()).total_seconds(),
+            long_polls=provider.long_polls,
+            retry_after_seconds=status.retry_after_seconds,
+            jitter=jitter,
+        )
+        if next_check.in_lambda_seconds is None:
+            job.wait_seconds = next_check.wait_seconds
+            return status
+        sleep(next_check.in_lambda_seconds)
 
 
 # --- Fetch ----------------------------------------------------------------------------------------

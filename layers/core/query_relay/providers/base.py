@@ -81,6 +81,9 @@ class Provider(abc.ABC):
     query_model: ClassVar[type[BaseModel]]
     # False when the upstream documents no way to cancel a task; Cleanup then skips it.
     can_cancel: ClassVar[bool] = True
+    # True when ``poll`` blocks until the task ends or ``wait_seconds`` pass (a long-poll). Else Poll
+    # checks again after short sleeps, and the schedule bounds how late a finished task is seen.
+    long_polls: ClassVar[bool] = False
 
     def __init__(self, connection_name: str, connection: Connection) -> None:
         self.connection_name = connection_name
