@@ -19,11 +19,14 @@ Test hooks, in process and over HTTP (no auth, not logged in `requests`):
   duration) and its GET answers the stored error with `fail_running_status`; one-shot.
   `min_keep_alive_seconds` (ES: 1 s) lets tests try expiry faster.
   HTTP: `GET|POST /_emulator/config` (POST a JSON object of the fields to change).
-- `fail_next(operation, status, times=1, retry_after=None)`: operations `submit`, `get`,
-  `delete`, `stop`, `query`, `info` or `any`; answered with an ES error envelope (429 ->
-  `es_rejected_execution_exception`, 503 -> `no_shard_available_action_exception`, ...) and a
-  `Retry-After` header when `retry_after` is given. HTTP: `POST /_emulator/faults` with
-  `{"operation", "status", "times"?, "retry_after"?}`; `GET|DELETE /_emulator/faults`.
+- `fail_next(operation, status=None, times=1, retry_after=None, ...)`: operations `submit`, `get`,
+  `delete`, `stop`, `query`, `info` or `any`; a status is answered with an ES error envelope (429
+  -> `es_rejected_execution_exception`, 503 -> `no_shard_available_action_exception`, 404 ->
+  `resource_not_found_exception`, ...) and a `Retry-After` header when `retry_after` is given.
+  Other kinds (see emulators.http): `delay_seconds`, `reset`, `truncate_after_bytes`, and
+  `expire` (the async id in the path expires now: 404 from then on). HTTP: `POST
+  /_emulator/faults` with `{"operation", "status"?, "times"?, "retry_after"?, ...}`;
+  `GET|DELETE /_emulator/faults`.
 - `task_states()` -> `{id: "running" | "finished" | "failed" | "deleted" | "expired"}`.
   HTTP: `GET /_emulator/tasks`.
 - `requests`: the (method, path, query params) of every request. HTTP: `GET|DELETE
@@ -57,7 +60,7 @@ from werkzeug.wrappers import Request, Response
 from .esql_engine import CompiledQuery, compile_query
 from .esql_output import JSON_TYPE, TEXT_FORMATS, json_result, text_result
 from .esql_types import EsqlError, Value
-from .http import EmulatorServer
+from .http import EmulatorServer, InjectedFault
 
 logger = logging.getLogger(__name__)
 
@@ -374,19 +377,45 @@ class EsqlEmulator(EmulatorServer):
         try:
             operation, action = self._route(request)
             self._authenticate(request)
-            fault = self.faults.take(operation)
-            if fault is not None:
-                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                return self._error(request, error_for_status(fault.status), headers)
             unknown = sorted(set(request.args) - _URL_PARAMS[operation])
             if unknown:
                 raise EsqlError(f"request [{request.path}] contains unrecognized parameter: [{unknown[0]}]")
-            return action()
+            fault = self.faults.take(operation, request)
+            if fault is None:
+                return action()
+            if fault.expire:
+                self._expire(request.path)
+            return self.answer_with_fault(
+                request, fault, lambda: self._guarded(request, action), lambda f: self._fault(request, f)
+            )
         except EsqlError as error:
             return self._error(request, error)
         except Exception:  # answer like ES (JSON, product header) even when the emulator has a bug
             logger.exception("ES|QL emulator failed on %s %s", request.method, request.path)
             return self._error(request, error_for_status(500, "unexpected error in the ES|QL emulator"))
+
+    def _guarded(self, request: Request, action: Callable[[], Response]) -> Response:
+        """`action` answering its ES error as `handle` would (faults run it outside that handler)."""
+        try:
+            return action()
+        except EsqlError as error:
+            return self._error(request, error)
+
+    def _fault(self, request: Request, fault: InjectedFault) -> Response:
+        assert fault.status is not None
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        return self._error(request, error_for_status(fault.status), headers)
+
+    def _expire(self, path: str) -> None:
+        """The task a request names expires now (its stored result is gone, as after keep_alive)."""
+        match = re.match(r"/_query/async/([^/]+)", path)
+        if match is None:
+            return
+        with self._lock:
+            task = self._tasks.get(match.group(1))
+            if task is not None:
+                task.expires_at = time.monotonic()
+                task.changed.set()
 
     def _route(self, request: Request) -> tuple[str, Callable[[], Response]]:
         path, method = request.path, request.method
@@ -689,13 +718,7 @@ class EsqlEmulator(EmulatorServer):
             if route == ("GET", "faults"):
                 return _control_json(self.faults.pending())
             if route == ("POST", "faults"):
-                spec = _control_body(request)
-                self.fail_next(
-                    str(spec.get("operation")),
-                    int(spec.get("status", 0)),
-                    times=int(spec.get("times", 1)),
-                    retry_after=None if spec.get("retry_after") is None else float(spec["retry_after"]),
-                )
+                self.faults.arm_from_json(_control_body(request))
                 return _control_json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()

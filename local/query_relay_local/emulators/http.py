@@ -3,15 +3,35 @@ a queue of injected faults. Each emulator subclasses `EmulatorServer` and answer
 
 Vendor specifics (routes, error envelopes, auth schemes) stay in the subclasses; this module only
 holds the plumbing they share, so Looker and Veza emulators behave like the ES|QL one in tests.
+
+Faults (`fail_next(operation, status=None, *, times=1, retry_after=None, delay_seconds=None,
+reset=False, truncate_after_bytes=None, expire=False)`), each consumed by the next `times`
+requests of `operation` (after routing and authentication), kinds combined in this order:
+
+- `delay_seconds`: hold the request that long before answering (beyond a client's timeout, the
+  client gives up; the emulator still does the work afterwards, as a real server would);
+- `reset`: close the connection without answering (the client sees a transport error);
+- `expire` (emulators that keep tasks): the task the request names expires first;
+- `status` (+ `retry_after`): answer the vendor's error envelope for that status; without a status
+  the request is handled normally;
+- `truncate_after_bytes`: send only that many bytes of the body (chunked, no Content-Length), then
+  close the connection (the client sees an incomplete body even when the whole body was shorter).
+
+`when` (in process only) is a predicate on the werkzeug Request: only requests it accepts get the
+fault, e.g. ES|QL's Fetch GET (no `wait_for_completion_timeout`) and not its polls.
+
+Over HTTP: `POST /_emulator/faults` with a JSON object of the same names (`arm_from_json`).
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import socket
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
@@ -25,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 ANY_OPERATION = "any"
 _POLL_SECONDS = 0.02
+#: Where `answer_with_fault` leaves a fault the WSGI layer must act on (reset, truncate).
+_FAULT_ENVIRON_KEY = "query_relay_local.fault"
 
 
 class RecordedRequest(NamedTuple):
@@ -37,11 +59,52 @@ class RecordedRequest(NamedTuple):
 
 @dataclass(frozen=True)
 class InjectedFault:
-    """An error answer to give instead of handling the request."""
+    """What to do instead of (or around) handling one request; see the module doc for the kinds."""
 
     operation: str
-    status: int
+    status: int | None = None
     retry_after: float | None = None
+    delay_seconds: float | None = None
+    reset: bool = False
+    truncate_after_bytes: int | None = None
+    expire: bool = False
+    #: Only requests it accepts get the fault (in process only; e.g. a GET without a long-poll).
+    when: Callable[[Request], bool] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
+        if self.retry_after is not None and self.status is None:
+            raise ValueError("retry_after goes with a status")
+        if self.delay_seconds is not None and self.delay_seconds < 0:
+            raise ValueError(f"delay_seconds must be at least 0, got {self.delay_seconds}")
+        if self.truncate_after_bytes is not None and self.truncate_after_bytes < 0:
+            raise ValueError(f"truncate_after_bytes must be at least 0, got {self.truncate_after_bytes}")
+        if self.reset and (self.status is not None or self.truncate_after_bytes is not None):
+            raise ValueError("a reset answers nothing: it takes no status and no truncate_after_bytes")
+        kinds = (self.status, self.delay_seconds, self.truncate_after_bytes)
+        if all(kind is None for kind in kinds) and not (self.reset or self.expire):
+            raise ValueError("a fault needs a status, delay_seconds, reset, truncate_after_bytes or expire")
+
+    def describe(self) -> dict[str, Any]:
+        """operation, status and retry_after always; the other kinds only when set."""
+        described: dict[str, Any] = {
+            "operation": self.operation,
+            "status": self.status,
+            "retry_after": self.retry_after,
+        }
+        for name in ("delay_seconds", "truncate_after_bytes"):
+            if getattr(self, name) is not None:
+                described[name] = getattr(self, name)
+        for name in ("reset", "expire"):
+            if getattr(self, name):
+                described[name] = True
+        if self.when is not None:
+            described["when"] = getattr(self.when, "__name__", "a predicate")
+        return described
+
+
+_FAULT_FIELDS = frozenset(item.name for item in fields(InjectedFault) if item.name != "when") | {"times"}
 
 
 class FaultQueue:
@@ -52,21 +115,64 @@ class FaultQueue:
         self._lock = threading.Lock()
         self._armed: list[list[Any]] = []  # [fault, remaining times], oldest first
 
-    def arm(self, operation: str, status: int, *, times: int = 1, retry_after: float | None = None) -> None:
+    def arm(
+        self,
+        operation: str,
+        status: int | None = None,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        delay_seconds: float | None = None,
+        reset: bool = False,
+        truncate_after_bytes: int | None = None,
+        expire: bool = False,
+        when: Callable[[Request], bool] | None = None,
+    ) -> None:
         if operation not in self._operations:
             raise ValueError(f"unknown operation {operation!r}; expected one of {sorted(self._operations)}")
-        if not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
+        fault = InjectedFault(
+            operation,
+            status,
+            retry_after,
+            delay_seconds=delay_seconds,
+            reset=reset,
+            truncate_after_bytes=truncate_after_bytes,
+            expire=expire,
+            when=when,
+        )
         with self._lock:
-            self._armed.append([InjectedFault(operation, status, retry_after), times])
+            self._armed.append([fault, times])
 
-    def take(self, operation: str) -> InjectedFault | None:
-        """The oldest armed fault matching `operation` (or armed for any operation), if one is left."""
+    def arm_from_json(self, spec: Mapping[str, Any]) -> None:
+        """Arm from a control API body: `{"operation", "status"?, "times"?, "retry_after"?, ...}`."""
+        unknown = sorted(set(spec) - _FAULT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fault field [{unknown[0]}]; known: {sorted(_FAULT_FIELDS)}")
+
+        def number(name: str, kind: Callable[[Any], Any]) -> Any:
+            return None if spec.get(name) is None else kind(spec[name])
+
+        self.arm(
+            str(spec.get("operation")),
+            number("status", int),
+            times=int(spec.get("times", 1)),
+            retry_after=number("retry_after", float),
+            delay_seconds=number("delay_seconds", float),
+            reset=bool(spec.get("reset", False)),
+            truncate_after_bytes=number("truncate_after_bytes", int),
+            expire=bool(spec.get("expire", False)),
+        )
+
+    def take(self, operation: str, request: Request | None = None) -> InjectedFault | None:
+        """The oldest armed fault matching `operation` (or armed for any operation) and accepting
+        `request` (when it has a `when`), if one is left."""
         with self._lock:
             for entry in self._armed:
                 fault: InjectedFault = entry[0]
+                if fault.when is not None and (request is None or not fault.when(request)):
+                    continue
                 if fault.operation in (operation, ANY_OPERATION):
                     entry[1] -= 1
                     if entry[1] == 0:
@@ -80,10 +186,7 @@ class FaultQueue:
 
     def pending(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                {"operation": f.operation, "status": f.status, "retry_after": f.retry_after, "times": n}
-                for f, n in self._armed
-            ]
+            return [{**fault.describe(), "times": n} for fault, n in self._armed]
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
@@ -171,10 +274,51 @@ class EmulatorServer(abc.ABC):
         self.stop()
 
     def fail_next(
-        self, operation: str, status: int, *, times: int = 1, retry_after: float | None = None
+        self,
+        operation: str,
+        status: int | None = None,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        delay_seconds: float | None = None,
+        reset: bool = False,
+        truncate_after_bytes: int | None = None,
+        expire: bool = False,
+        when: Callable[[Request], bool] | None = None,
     ) -> None:
-        """Answer the next `times` requests of `operation` with an error of `status`."""
-        self.faults.arm(operation, status, times=times, retry_after=retry_after)
+        """Give the next `times` requests of `operation` a fault (see the module doc for the kinds):
+        `fail_next("get", 503)` answers an error; `fail_next("get", reset=True)` drops the
+        connection; `fail_next("get", delay_seconds=3)` answers late; `fail_next("get",
+        truncate_after_bytes=4096)` cuts the body; `fail_next("get", expire=True)` expires the
+        task. `when` (a predicate on the request) narrows which requests of `operation` get it."""
+        self.faults.arm(
+            operation,
+            status,
+            times=times,
+            retry_after=retry_after,
+            delay_seconds=delay_seconds,
+            reset=reset,
+            truncate_after_bytes=truncate_after_bytes,
+            expire=expire,
+            when=when,
+        )
+
+    def answer_with_fault(
+        self,
+        request: Request,
+        fault: InjectedFault,
+        answer: Callable[[], Response],
+        error: Callable[[InjectedFault], Response],
+    ) -> Response:
+        """Apply the transport-level kinds of `fault` around `answer` (the normal answer) or `error`
+        (the vendor's error answer for `fault.status`). Subclasses handle `expire` before calling."""
+        if fault.delay_seconds:
+            time.sleep(fault.delay_seconds)
+        if fault.reset or fault.truncate_after_bytes is not None:
+            request.environ[_FAULT_ENVIRON_KEY] = fault  # acted on by _wsgi_app
+        if fault.reset:
+            return Response(status=500)  # never sent: the connection is dropped instead
+        return error(fault) if fault.status is not None else answer()
 
     def clear_requests(self) -> None:
         with self._requests_lock:
@@ -194,8 +338,54 @@ class EmulatorServer(abc.ABC):
                     RecordedRequest(request.method, request.path, dict(request.args.items()))
                 )
         response = self.handle(request)
+        fault: InjectedFault | None = environ.get(_FAULT_ENVIRON_KEY)
+        if fault is not None and fault.reset:
+            _drop_connection(environ)
+            raise ConnectionResetError("emulated fault: connection reset before the answer")
+        if fault is not None and fault.truncate_after_bytes is not None:
+            return _truncated(response(environ, _without_content_length(start_response)), fault, environ)
         return response(environ, start_response)
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _drop_connection(environ: WSGIEnvironment) -> None:
+    """Shut the client's socket both ways: it reads end-of-stream where an answer (or the rest of
+    one) should be. werkzeug then sees a dropped connection and ends the request quietly."""
+    connection: socket.socket = environ["werkzeug.socket"]
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        logger.debug("the client had already closed the connection")
+
+
+def _without_content_length(start_response: StartResponse) -> StartResponse:
+    """No Content-Length: werkzeug answers chunked, so a cut body is incomplete whatever its length."""
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        kept = [(name, value) for name, value in headers if name.lower() != "content-length"]
+        return start_response(status, kept, exc_info)
+
+    return start
+
+
+def _truncated(body: Iterable[bytes], fault: InjectedFault, environ: WSGIEnvironment) -> Iterator[bytes]:
+    limit = fault.truncate_after_bytes or 0
+    sent = 0
+    try:
+        for chunk in body:
+            room = limit - sent
+            if room <= 0:
+                break
+            part = chunk[:room]
+            sent += len(part)
+            if part:  # an empty write would end the chunked body properly
+                yield part
+    finally:
+        close = getattr(body, "close", None)
+        if callable(close):
+            close()
+    _drop_connection(environ)
+    raise ConnectionResetError(f"emulated fault: body cut after {sent} bytes")

@@ -26,10 +26,13 @@ Test hooks, in process and over HTTP (no auth, not logged in `requests`):
   `spurious_expired` (the next N status reads of an unfinished task answer `expired`),
   `not_ready_reads` (the next N results reads of a finished task answer `not_ready_status`).
   HTTP: `GET|POST /_emulator/config`.
-- `fail_next(operation, status, times=1, retry_after=None)`: operations `login`, `create_query`,
-  `query`, `run_query`, `look`, `create_task`, `status`, `results`, `multi_results`, `kill` or
-  `any`; answered with Looker's error envelope and `Retry-After` when `retry_after` is given.
-  HTTP: `POST /_emulator/faults` with `{"operation", "status", "times"?, "retry_after"?}`.
+- `fail_next(operation, status=None, times=1, retry_after=None, ...)`: operations `login`,
+  `create_query`, `query`, `run_query`, `look`, `create_task`, `status`, `results`,
+  `multi_results`, `kill` or `any`; a status is answered with Looker's error envelope and
+  `Retry-After` when `retry_after` is given (401 on a call with a token: the token expired).
+  Other kinds (see emulators.http): `delay_seconds`, `reset`, `truncate_after_bytes`, and
+  `expire` (the query task in the path expires now: status `expired`, results 404). HTTP:
+  `POST /_emulator/faults` with `{"operation", "status"?, "times"?, "retry_after"?, ...}`.
 - `revoke_tokens()`: every issued token stops working (HTTP: `DELETE /_emulator/tokens`);
   `issued_tokens()` lists every token handed out (to look for leaks in logs and messages).
 - `task_states()` -> `{id: "added" | "running" | "complete" | "error" | "killed" | "expired"}`.
@@ -63,7 +66,7 @@ from typing import Any, Literal
 
 from werkzeug.wrappers import Request, Response
 
-from .http import EmulatorServer
+from .http import EmulatorServer, InjectedFault
 from .looker_data import MODEL, LookerQueryError, QueryResult, QuerySpec, find_explore, run_query
 
 logger = logging.getLogger(__name__)
@@ -244,10 +247,13 @@ class _Task:
     error: LookerQueryError | None
     ran_at: str
     killed: bool = False
+    expired: bool = False  # forced by an `expire` fault
 
     def state(self, now: float, config: LookerEmulatorConfig) -> str:
         if self.killed:
             return "killed"
+        if self.expired:
+            return "expired"
         if now < self.runs_at:
             return "added"
         if now < self.completes_at:
@@ -527,16 +533,39 @@ class LookerEmulator(EmulatorServer):
             operation, action, needs_token = self._route(request)
             if needs_token:
                 self._authenticate(request)
-            fault = self.faults.take(operation)
-            if fault is not None:
-                headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-                return self._error(LookerApiError(fault.status), headers)
-            return action()
+            fault = self.faults.take(operation, request)
+            if fault is None:
+                return action()
+            if fault.expire:
+                self._expire(request.path)
+            return self.answer_with_fault(request, fault, lambda: self._guarded(action), self._fault)
         except LookerApiError as error:
             return self._error(error)
         except Exception:  # answer like Looker (JSON envelope) even when the emulator has a bug
             logger.exception("Looker emulator failed on %s %s", request.method, request.path)
             return self._error(LookerApiError(500, "unexpected error in the Looker emulator"))
+
+    def _guarded(self, action: Callable[[], Response]) -> Response:
+        """`action` answering its Looker error as `handle` would (faults run it outside that handler)."""
+        try:
+            return action()
+        except LookerApiError as error:
+            return self._error(error)
+
+    def _fault(self, fault: InjectedFault) -> Response:
+        assert fault.status is not None
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        return self._error(LookerApiError(fault.status), headers)
+
+    def _expire(self, path: str) -> None:
+        """The query task a request names expires now (status `expired`, results 404)."""
+        match = re.search(r"/(?:query_tasks|running_queries)/([^/]+)", path)
+        if match is None:
+            return
+        with self._lock:
+            task = self._tasks.get(match.group(1))
+            if task is not None:
+                task.expired = True
 
     def _route(self, request: Request) -> tuple[str, Callable[[], Response], bool]:
         if request.path == "/api/logout":  # where the official SDK logs out
@@ -884,13 +913,7 @@ class LookerEmulator(EmulatorServer):
             if route == ("GET", "faults"):
                 return self._json(self.faults.pending())
             if route == ("POST", "faults"):
-                spec = _control_body(request)
-                self.fail_next(
-                    str(spec.get("operation")),
-                    int(spec.get("status", 0)),
-                    times=int(spec.get("times", 1)),
-                    retry_after=None if spec.get("retry_after") is None else float(spec["retry_after"]),
-                )
+                self.faults.arm_from_json(_control_body(request))
                 return self._json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()

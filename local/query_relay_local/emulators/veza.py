@@ -34,9 +34,11 @@ set end FAILED with `fail_reason` / CANCELED that long after creation).
 
 Test hooks, in process and over HTTP (no auth, not logged in `requests`):
 - `config` (`VezaEmulatorConfig`); HTTP `GET|POST /_emulator/config`.
-- `fail_next(operation, status, times=1, retry_after=None)`: operations `submit`, `task`, `nodes`
-  or `any`; answered with the envelope for the status (429 `ResourceExhausted` with Retry-After,
-  502 an HTML gateway page, 503 `Unavailable`, ...). HTTP `POST|GET|DELETE /_emulator/faults`.
+- `fail_next(operation, status=None, times=1, retry_after=None, ...)`: operations `submit`,
+  `task`, `nodes` or `any`; a status is answered with the envelope for it (429 `ResourceExhausted`
+  with Retry-After, 502 an HTML gateway page, 503 `Unavailable`, ...). Other kinds (see
+  emulators.http): `delay_seconds`, `reset`, `truncate_after_bytes`, and `expire` (the task in
+  the path expires now: 404 `NotFound`). HTTP `POST|GET|DELETE /_emulator/faults`.
 - `task_states()` -> `{id: "pending" | "running" | "succeeded" | "failed" | "canceled" | "expired"}`;
   HTTP `GET /_emulator/tasks`.
 - `requests` (method, path, query) and `submitted_specs` (the JSON bodies of creates, in order);
@@ -259,10 +261,17 @@ class VezaEmulator(EmulatorServer):
         try:
             operation, answer = self._route(request)
             self._authenticate(request)
-            fault = self.faults.take(operation)
-            if fault is not None:
-                return self._fault(fault.status, fault.retry_after, request_id)
-            return answer()
+            fault = self.faults.take(operation, request)
+            if fault is None:
+                return answer()
+            if fault.expire:
+                self._expire(request.path)
+            return self.answer_with_fault(
+                request,
+                fault,
+                lambda: self._guarded(answer, request_id),
+                lambda f: self._fault(f.status or 500, f.retry_after, request_id),
+            )
         except VezaApiError as error:
             return self._error(error, request_id)
         except SpecError as error:
@@ -270,6 +279,25 @@ class VezaEmulator(EmulatorServer):
         except Exception:  # answer in Veza's envelope even when the emulator has a bug
             logger.exception("Veza emulator failed on %s %s", request.method, request.path)
             return self._error(error_for_status(500, "unexpected error in the Veza emulator"), request_id)
+
+    def _guarded(self, answer: Callable[[], Response], request_id: str) -> Response:
+        """`answer` giving its Veza error as `handle` would (faults run it outside that handler)."""
+        try:
+            return answer()
+        except VezaApiError as error:
+            return self._error(error, request_id)
+        except SpecError as error:
+            return self._error(VezaApiError(400, "InvalidArgument", str(error)), request_id)
+
+    def _expire(self, path: str) -> None:
+        """The task a request names expires now (404 `NotFound` from then on, as after its TTL)."""
+        match = TASK_PATH.fullmatch(path)
+        if match is None:
+            return
+        with self._lock:
+            task = self._tasks.get(match.group(1))
+            if task is not None:
+                task.created_at -= self.config.task_ttl_seconds + (time.monotonic() - task.created_at)
 
     def _route(self, request: Request) -> tuple[str, Callable[[], Response]]:
         path, method = request.path, request.method
@@ -460,14 +488,7 @@ class VezaEmulator(EmulatorServer):
             if route == ("GET", "faults"):
                 return self._json(self.faults.pending())
             if route == ("POST", "faults"):
-                spec = _control_body(request)
-                retry_after = spec.get("retry_after")
-                self.fail_next(
-                    str(spec.get("operation")),
-                    int(spec.get("status", 0)),
-                    times=int(spec.get("times", 1)),
-                    retry_after=None if retry_after is None else float(retry_after),
-                )
+                self.faults.arm_from_json(_control_body(request))
                 return self._json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()

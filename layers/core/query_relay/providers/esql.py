@@ -114,6 +114,7 @@ class EsqlQuery(StrictModel):
 
 _STARTS = ("start_map", "start_array")
 _ENDS = ("end_map", "end_array")
+_STRUCTURE_EVENTS = frozenset(_STARTS + _ENDS)
 
 
 def _plain(value: Any) -> Any:
@@ -159,7 +160,8 @@ class _AnswerReader:
         self._where = where
         self._keep_rows = keep_rows
         self._events: Any = ijson.utils.sendable_list()
-        self._parser: Any = _JSON.basic_parse_coro(self._events)
+        # Non-integral numbers as floats straight from the parser (rows carry floats anyway).
+        self._parser: Any = _JSON.basic_parse_coro(self._events, use_float=True)
         self.upstream_id: str | None = None
         self.is_running: bool | None = None
         self.is_partial: bool | None = None
@@ -240,8 +242,15 @@ class _AnswerReader:
 
     def _consume(self) -> list[list[Any]]:
         rows: list[list[Any]] = []
+        keep_rows = self._keep_rows
         for event, value in self._events:
-            if self._row is not None:
+            row = self._row
+            if row is not None:
+                # The hot path, inlined: a plain value in a row (most events of a large answer).
+                if self._cell is None and event not in _STRUCTURE_EVENTS:
+                    if keep_rows:
+                        row.append(value)
+                    continue
                 self._row_event(event, value, rows)
             elif self._subtree is not None:
                 if self._subtree.event(event, value):
@@ -386,6 +395,7 @@ class EsqlProvider(Provider):
     name: ClassVar[str] = "esql"
     query_model: ClassVar[type[BaseModel]] = EsqlQuery
     can_cancel: ClassVar[bool] = True
+    long_polls: ClassVar[bool] = True  # GET with wait_for_completion_timeout
 
     def __init__(self, connection_name: str, connection: Connection) -> None:
         if isinstance(connection.auth, ClientCredentialsAuth):
@@ -572,6 +582,12 @@ class EsqlProvider(Provider):
         if status == 400:
             # On submit the request is the user's query; on GET a 400 is the stored failure of the query.
             raise UpstreamQueryFailed(f"esql query failed: {described or 'HTTP 400'} [{where}]")
+        if upstream_id is not None and status >= 500 and _is_stored_failure(response, upstream_id):
+            # The task itself ended in an error that ES stored (e.g. illegal_state_exception, 500):
+            # asking again gives the same answer, unlike a gateway's or an overloaded node's 5xx.
+            raise UpstreamQueryFailed(
+                f"esql query failed while running: {described or f'HTTP {status}'} [{where}]"
+            )
         self._http.raise_for_status(response, operation=operation, reason=described)
 
     def _where(self, operation: str) -> str:
@@ -593,6 +609,12 @@ def _task_path(upstream_id: str) -> str:
 def _duration(seconds: float) -> str:
     """An ES time value; whole milliseconds because ES refuses fractional units like '1.5s'."""
     return f"{max(round(seconds * 1000), 0)}ms"
+
+
+def _is_stored_failure(response: httpx.Response, upstream_id: str) -> bool:
+    """An error answer that carries the task's async headers (finished, same id) is the task's own
+    stored outcome, not a transport or node failure."""
+    return response.headers.get(ASYNC_ID_HEADER) == upstream_id and _header_is_running(response) is False
 
 
 def _header_is_running(response: httpx.Response) -> bool | None:
