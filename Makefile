@@ -17,12 +17,12 @@ PYTHON313 := $(shell for candidate in python3.13 $$(pyenv root 2>/dev/null)/vers
 	  "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || continue; \
 	  "$$candidate" -c 'import sys; print(sys.executable)'; break; done)
 
-.PHONY: help python313 venv demo test lint typecheck unit integration contract validate asl build local-invoke bench clean
+.PHONY: help python313 venv demo test lint typecheck unit integration contract fuzz validate asl build local-invoke bench clean
 
 help:
 	@echo "make demo      install everything and run a sample query through the local stack"
 	@echo "make test      install everything and run every test and check"
-	@echo "make lint | typecheck | validate | asl | build | bench | clean"
+	@echo "make lint | typecheck | fuzz | validate | asl | build | bench | clean"
 
 python313:
 	@if [ -z "$(PYTHON313)" ]; then \
@@ -61,6 +61,11 @@ contract: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
+# Property-based fuzzing of the HTTP API from its OpenAPI document (schemathesis): no 5xx. `test`
+# runs it too, inside its one pytest run.
+fuzz: $(STAMP)
+	$(BIN)/pytest tests/integration/test_api_fuzz.py -q
+
 # sam and cfn-lint come from the .venv; PATH holds python3.13 for sam's workflow checks.
 validate: $(STAMP)
 	PATH="$(dir $(PYTHON313)):$$PATH" $(BIN)/sam validate --lint --region us-east-1
@@ -81,8 +86,12 @@ EVENT ?= events/submit.json
 local-invoke: build
 	$(BIN)/sam local invoke $(FUNCTION) --event $(EVENT)
 
+# Prints figures (no pass/fail thresholds in `make test`); see README "Performance".
 bench: $(STAMP)
-	@echo "no benchmarks yet"
+	@[ -d .aws-sam/build/CoreLayer ] || $(MAKE) build
+	$(BIN)/python -m bench.cold_start
+	$(BIN)/python -m bench.poll_cost
+	$(BIN)/python -m bench.fetch
 
 clean:
 	rm -rf $(VENV) node_modules .aws-sam .mypy_cache .pytest_cache .ruff_cache

@@ -108,6 +108,10 @@ class Connection(StrictModel):
     max_concurrent: int | None = Field(default=None, ge=1)
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     verify_tls: bool = True
+    # Lets base_url resolve to a private network (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
+    # e.g. a cluster inside the VPC. Loopback, link-local (the metadata address) and the like stay
+    # forbidden in AWS whatever this says (query_relay.http, "upstream address policy").
+    allow_private_network: bool = False
 
     @field_validator("base_url")
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -10,11 +13,15 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from query_relay.api import errors
+from query_relay.api.models import ErrorBody, FieldProblem
 from query_relay.exceptions import QueryRelayError
 from query_relay.observability import logger, metrics, tracer
 
 TITLE = "query-relay"
 VERSION = "1"
+# A job spec or schedule is a few KiB; anything this big is a mistake or an attack, refused before
+# it is parsed (API Gateway itself lets up to 10 MB through).
+MAX_BODY_BYTES = 256 * 1024
 
 
 def configure(app: APIGatewayRestResolver) -> APIGatewayRestResolver:
@@ -43,6 +50,39 @@ def lambda_handler_of(
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        too_large = oversize_body_response(event)
+        if too_large is not None:
+            return too_large
         return app.resolve(event, context)
 
     return lambda_handler
+
+
+def body_size(event: Mapping[str, Any]) -> int:
+    """The request body's size in bytes, as the caller sent it (base64 decoded where encoded)."""
+    body = event.get("body") or ""
+    if not event.get("isBase64Encoded"):
+        return len(str(body).encode("utf-8"))
+    try:
+        return len(base64.b64decode(str(body), validate=False))
+    except (binascii.Error, ValueError):
+        return len(str(body))
+
+
+def oversize_body_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """413 naming the body when it is over MAX_BODY_BYTES (None otherwise): refused before any
+    JSON parsing or validation spends time and memory on it."""
+    size = body_size(event)
+    if size <= MAX_BODY_BYTES:
+        return None
+    message = f"the request body is {size} bytes; at most {MAX_BODY_BYTES} are accepted"
+    body = ErrorBody(
+        error="RequestTooLarge", message=message, fields=[FieldProblem(field="body", message=message)]
+    )
+    logger.info("request refused", extra={"error": "RequestTooLarge", "status": 413, "bytes": size})
+    return {
+        "statusCode": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+        "headers": {"Content-Type": "application/json"},
+        "body": body.model_dump_json(),
+        "isBase64Encoded": False,
+    }

@@ -17,6 +17,8 @@ import zoneinfo
 from functools import cache
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from query_relay.api import aws
 from query_relay.api.exceptions import InvalidPageToken, InvalidSchedule, ScheduleConflict, ScheduleNotFound
 from query_relay.api.jobs import validate_job
@@ -43,6 +45,9 @@ _CRON_FIELDS = (
     ("day-of-week", r"[0-9A-Za-z,*/?L#-]+"),
     ("year", r"[0-9,*/-]+"),
 )
+# The values each field's numbers may take (an increment after '/' or an nth after '#' excepted).
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (1, 7), (1970, 2199))
+_CRON_VALUE = re.compile(r"(?<![/#])\b\d+\b")
 
 
 def validate_expression(expression: str) -> None:
@@ -66,6 +71,10 @@ def validate_expression(expression: str) -> None:
     for value, (name, allowed) in zip(fields, _CRON_FIELDS, strict=True):
         if not re.fullmatch(allowed, value):
             raise InvalidSchedule("expression", f"cron {name} field {value!r} is not valid")
+    for value, (name, _), (low, high) in zip(fields, _CRON_FIELDS, _CRON_RANGES, strict=True):
+        out_of_range = [number for number in _CRON_VALUE.findall(value) if not low <= int(number) <= high]
+        if out_of_range:
+            raise InvalidSchedule("expression", f"cron {name} must be {low}-{high}, not {out_of_range[0]}")
     if "?" not in (fields[2], fields[4]):
         raise InvalidSchedule("expression", "cron needs '?' in day-of-month or day-of-week")
 
@@ -148,6 +157,9 @@ def get_schedule(name: str) -> ScheduleView:
     )
 
 
+_BAD_TOKEN_CODES = ("ValidationException", "InvalidToken")
+
+
 def list_schedules(limit: int = 20, next_token: str | None = None) -> SchedulePage:
     arguments: dict[str, Any] = {"GroupName": get_control_settings().schedule_group, "MaxResults": limit}
     if next_token:
@@ -155,7 +167,11 @@ def list_schedules(limit: int = 20, next_token: str | None = None) -> SchedulePa
     client = aws.scheduler()
     try:
         page = client.list_schedules(**arguments)
-    except client.exceptions.ValidationException:
+    except ClientError as error:
+        # Scheduler answers a bad token with ValidationException; moto (and other services) with
+        # InvalidToken. Either way it is the caller's token, not our failure.
+        if error.response.get("Error", {}).get("Code") not in _BAD_TOKEN_CODES:
+            raise
         raise InvalidPageToken("not a next_token of this listing (or it has expired)") from None
     return SchedulePage(
         schedules=[

@@ -1,0 +1,208 @@
+"""No secret of any connection, nor anything derived from one, shows anywhere a person or another
+system can read: execution history (every event, inputs and outputs), the functions' logs,
+EventBridge events, error causes, the HTTP API's answers and the CLI's output.
+
+For each provider, jobs run on the success path and on every failure path (credentials refused,
+query refused, timeout) against its emulator over HTTP, then everything they left is searched for
+each secret, its base64 form, the Authorization values built from it, and (Looker) every access
+token the emulator issued."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from query_relay_local import cli
+from query_relay_local.api_server import LocalApiServer
+from query_relay_local.emulators.esql import EsqlEmulator
+from query_relay_local.emulators.looker import LookerEmulator
+from query_relay_local.emulators.veza import VezaEmulator
+from query_relay_local.stack import LocalStack
+
+from .conftest import ESQL_API_KEY, esql_connection
+from .test_looker_jobs import BAD_FIELD, BY_COUNTRY, LOOKER_CLIENT_ID, LOOKER_CLIENT_SECRET, looker_connection
+from .test_veza_jobs import OKTA_USERS, VEZA_API_KEY, veza_connection
+
+WRONG_SECRET = "wrong-secret-never-printed-4f8a2c61"
+ES_USER, ES_PASSWORD = "relay-reader", "es-basic-password-71d3b0e9"
+POLLING = {"initial_seconds": 1, "max_seconds": 1, "timeout_seconds": 60}
+TIMING_OUT = {"initial_seconds": 1, "max_seconds": 1, "timeout_seconds": 4}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One provider's emulator, connection documents and queries, as the leak test needs them."""
+
+    provider: str
+    secret: str
+    start: Callable[[ExitStack, float], Any]  # (exits, query_seconds) -> a started emulator
+    connection: Callable[[Any, str], dict[str, Any]]  # (emulator, secret) -> connection document
+    good_query: dict[str, Any]
+    bad_query: dict[str, Any]
+
+    def derived_secrets(self, emulators: list[Any]) -> set[str]:
+        tokens: set[str] = set()
+        for emulator in emulators:
+            if isinstance(emulator, LookerEmulator):
+                tokens |= set(emulator.issued_tokens())
+        return tokens
+
+
+def _start_esql(exits: ExitStack, query_seconds: float) -> EsqlEmulator:
+    emulator = EsqlEmulator(api_key=ESQL_API_KEY, basic=(ES_USER, ES_PASSWORD), query_seconds=query_seconds)
+    return exits.enter_context(emulator)
+
+
+def _start_looker(exits: ExitStack, query_seconds: float) -> LookerEmulator:
+    emulator = exits.enter_context(
+        LookerEmulator(client_id=LOOKER_CLIENT_ID, client_secret=LOOKER_CLIENT_SECRET)
+    )
+    emulator.config.query_seconds = query_seconds
+    return emulator
+
+
+def _start_veza(exits: ExitStack, query_seconds: float) -> VezaEmulator:
+    return exits.enter_context(VezaEmulator(api_key=VEZA_API_KEY, query_seconds=query_seconds))
+
+
+UPSTREAMS = [
+    Upstream(
+        "esql",
+        ESQL_API_KEY,
+        _start_esql,
+        esql_connection,
+        {"query": "FROM employees | KEEP emp_no, salary | SORT emp_no | LIMIT 5"},
+        {"query": "FROM no_such_index | LIMIT 3"},
+    ),
+    Upstream(
+        "looker",
+        LOOKER_CLIENT_SECRET,
+        _start_looker,
+        looker_connection,
+        BY_COUNTRY,
+        BAD_FIELD,
+    ),
+    Upstream(
+        "veza",
+        VEZA_API_KEY,
+        _start_veza,
+        veza_connection,
+        OKTA_USERS,
+        {"include_nodes": True, "source_node_types": {"nodes": [{"node_type": "OktaUsr"}]}},
+    ),
+]
+
+
+def forms_of(secret: str) -> set[str]:
+    """A secret and what could be derived from it and leak in its place."""
+    encoded = base64.b64encode(secret.encode()).decode()
+    return {secret, encoded, f"ApiKey {secret}", f"Bearer {secret}", f"token {secret}"}
+
+
+def leaks(haystack: str, secrets: set[str]) -> list[str]:
+    """The secrets found in ``haystack``, shown by length and first characters only."""
+    return [f"{secret[:4]}...({len(secret)} chars)" for secret in sorted(secrets) if secret in haystack]
+
+
+def spec(
+    connection: str, query: dict[str, Any], job_id: str, polling: dict[str, int] = POLLING
+) -> dict[str, Any]:
+    return {"connection": connection, "query": query, "job_id": job_id, "polling": polling}
+
+
+@pytest.fixture
+def exits() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def test_the_leak_search_finds_a_secret_where_there_is_one() -> None:
+    # The search itself must be able to fail: a log line that carries a Basic pair is a hit.
+    pair = base64.b64encode(f"{ES_USER}:{ES_PASSWORD}".encode()).decode()
+    assert leaks(f'{{"authorization": "Basic {pair}"}}', {pair}) != []
+    assert leaks("ApiKey ***", forms_of(ESQL_API_KEY)) == []
+
+
+@pytest.mark.parametrize("upstream", UPSTREAMS, ids=[upstream.provider for upstream in UPSTREAMS])
+def test_no_secret_leaks_on_success_or_any_failure(
+    upstream: Upstream,
+    exits: ExitStack,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a fast emulator and a slow one (for the timeout), with good and wrong credentials
+    fast, slow = upstream.start(exits, 0.0), upstream.start(exits, 120.0)
+    connections = {
+        "good": upstream.connection(fast, upstream.secret),
+        "wrong": upstream.connection(fast, WRONG_SECRET),
+        "slow": upstream.connection(slow, upstream.secret),
+    }
+    if upstream.provider == "esql":
+        connections["basic"] = connections["good"] | {
+            "auth": {"type": "basic", "username": ES_USER, "password": ES_PASSWORD}
+        }
+    jobs = {
+        "ok": spec("good", upstream.good_query, "leak-ok"),
+        "auth": spec("wrong", upstream.good_query, "leak-auth"),
+        "query": spec("good", upstream.bad_query, "leak-query"),
+        "timeout": spec("slow", upstream.good_query, "leak-timeout", TIMING_OUT),
+    }
+    if upstream.provider == "esql":
+        jobs["basic"] = spec("basic", upstream.good_query, "leak-basic")
+    seen: list[str] = []
+
+    with LocalStack() as stack:
+        stack.load_connections(connections)
+        # When every job runs to its end (the success job through the HTTP API)
+        with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
+            started = api.post("/queries", json=jobs.pop("ok"))
+            assert started.status_code == 202, started.text
+            arns = {"ok": f"{stack.state_machine_arn.replace(':stateMachine:', ':execution:')}:leak-ok"}
+            arns |= {name: stack.start_job(document) for name, document in jobs.items()}
+            finals = {name: stack.wait(arn, timeout=90) for name, arn in arns.items()}
+            seen += [started.text, api.get("/queries").text]
+            seen += [api.get(f"/queries/leak-{name}").text for name in finals]
+            refused = api.post("/queries", json=spec("wrong", {"query": 42}, "leak-refused"))
+            seen.append(refused.text)
+        # Then each job ended the way its path says
+        outcomes = {name: (final["status"], final.get("error")) for name, final in finals.items()}
+        assert outcomes["ok"] == ("SUCCEEDED", None), finals["ok"]
+        assert outcomes["auth"] == ("FAILED", "UpstreamAuthFailed")
+        assert outcomes["query"] == ("FAILED", "UpstreamQueryFailed")
+        assert outcomes["timeout"] == ("FAILED", "QueryTimedOut")
+        if "basic" in outcomes:
+            assert outcomes["basic"] == ("SUCCEEDED", None), finals["basic"]
+        seen += [json.dumps(final, default=str) for final in finals.values()]
+        seen += [json.dumps(stack.history(arn), default=str) for arn in arns.values()]
+        seen += [*stack.logs, json.dumps(stack.events(), default=str)]
+
+    # And the CLI, on the success path and with refused credentials, with the functions' logs shown
+    (tmp_path / "connections.json").write_text(json.dumps(connections))
+    for name, connection in (("cli-ok", "good"), ("cli-auth", "wrong")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(spec(connection, upstream.good_query, name)))
+        argv = ["run", str(tmp_path / f"{name}.json"), "--connections", str(tmp_path / "connections.json")]
+        status = cli.main([*argv, "--out", str(tmp_path / "out"), "--json", "--verbose"])
+        assert status == (cli.EXIT_SUCCEEDED if name == "cli-ok" else cli.EXIT_FAILED)
+        captured = capsys.readouterr()
+        seen += [captured.out, captured.err]
+    assert "UpstreamAuthFailed" in seen[-2]
+
+    # Then no secret, nor any form of one, appears anywhere
+    secrets = forms_of(upstream.secret) | forms_of(WRONG_SECRET)
+    secrets |= upstream.derived_secrets([fast, slow])
+    if upstream.provider == "esql":
+        secrets |= forms_of(ES_PASSWORD) | forms_of(f"{ES_USER}:{ES_PASSWORD}")
+    if upstream.provider == "looker":
+        assert len(upstream.derived_secrets([fast, slow])) >= 2  # tokens were issued, so are searched
+    haystack = "\n".join(seen)
+    assert "leak-timeout" in haystack
+    assert "UpstreamQueryFailed" in haystack
+    assert leaks(haystack, secrets) == []
