@@ -32,6 +32,7 @@ from query_relay.exceptions import (
     UpstreamTaskExpired,
 )
 from query_relay.http import UpstreamClient, read_error_body, translate_transport_errors
+from query_relay.json_stream import ENDS, IJSON, STARTS, Subtree
 from query_relay.models import ClientCredentialsAuth, Column, Connection, OutputFormat, StrictModel
 from query_relay.observability import logger
 from query_relay.providers.base import (
@@ -44,16 +45,7 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-
-def _json_backend() -> Any:
-    """ijson's C backend (yajl2_c) is several times faster; the default one is the fallback."""
-    try:
-        return ijson.get_backend("yajl2_c")
-    except ImportError:
-        return ijson
-
-
-_JSON = _json_backend()
+_JSON = IJSON
 
 ASYNC_ID_HEADER = "X-Elasticsearch-Async-Id"
 ASYNC_IS_RUNNING_HEADER = "X-Elasticsearch-Async-Is-Running"
@@ -112,9 +104,7 @@ class EsqlQuery(StrictModel):
 
 # --- reading an answer incrementally ------------------------------------------------------------
 
-_STARTS = ("start_map", "start_array")
-_ENDS = ("end_map", "end_array")
-_STRUCTURE_EVENTS = frozenset(_STARTS + _ENDS)
+_STRUCTURE_EVENTS = frozenset(STARTS + ENDS)
 
 
 def _plain(value: Any) -> Any:
@@ -127,28 +117,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     return value
-
-
-class _Subtree:
-    """Follows one nested JSON value event by event, building it (or only skipping it)."""
-
-    def __init__(self, *, build: bool) -> None:
-        self._builder = ijson.common.ObjectBuilder() if build else None
-        self._depth = 0
-
-    def event(self, event: str, value: Any) -> bool:
-        """Take one event; True once the value is complete."""
-        if self._builder is not None:
-            self._builder.event(event, value)
-        if event in _STARTS:
-            self._depth += 1
-        elif event in _ENDS:
-            self._depth -= 1
-        return self._depth == 0
-
-    @property
-    def value(self) -> Any:
-        return _plain(self._builder.value) if self._builder is not None else None
 
 
 class _AnswerReader:
@@ -172,9 +140,9 @@ class _AnswerReader:
         self.complete = False
         self._depth = 0  # containers open outside rows and subtrees: 1 = top object, 2 = values
         self._key: str | None = None
-        self._subtree: _Subtree | None = None
+        self._subtree: Subtree | None = None
         self._row: list[Any] | None = None
-        self._cell: _Subtree | None = None
+        self._cell: Subtree | None = None
 
     # - feeding -
 
@@ -267,15 +235,15 @@ class _AnswerReader:
         assert row is not None
         if self._cell is not None:  # a multi-valued field or an object inside the row
             if self._cell.event(event, value):
-                row.append(self._cell.value)
+                row.append(_plain(self._cell.value))
                 self._cell = None
         elif event == "end_array":
             self.row_count += 1
             if self._keep_rows:
                 rows.append(row)
             self._row = None
-        elif event in _STARTS:
-            self._cell = _Subtree(build=self._keep_rows)
+        elif event in STARTS:
+            self._cell = Subtree(build=self._keep_rows)
             self._cell.event(event, value)
         elif self._keep_rows:
             row.append(float(value) if type(value) is Decimal else value)
@@ -301,8 +269,8 @@ class _AnswerReader:
             if self.columns is None and self._keep_rows:
                 raise self._protocol_error("'values' arrived before 'columns'")
             self._depth, self.in_values = 2, True
-        elif event in _STARTS:
-            self._subtree = _Subtree(build=self._key == "columns")
+        elif event in STARTS:
+            self._subtree = Subtree(build=self._key == "columns")
             self._subtree.event(event, value)
         else:
             self._top_scalar(value)

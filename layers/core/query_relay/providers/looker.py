@@ -54,6 +54,7 @@ from query_relay.exceptions import (
     UpstreamUnavailable,
 )
 from query_relay.http import UpstreamClient, read_error_body, translate_transport_errors
+from query_relay.json_stream import ENDS, IJSON, STARTS
 from query_relay.models import ClientCredentialsAuth, Column, Connection, OutputFormat, StrictModel
 from query_relay.observability import logger
 from query_relay.providers.base import (
@@ -66,16 +67,7 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-
-def _json_backend() -> Any:
-    """ijson's C backend (yajl2_c) is several times faster; the default one is the fallback."""
-    try:
-        return ijson.get_backend("yajl2_c")
-    except ImportError:
-        return ijson
-
-
-_JSON = _json_backend()
+_JSON = IJSON
 
 API_PATH = "/api/4.0"
 TASK_SOURCE = "query-relay"
@@ -311,9 +303,6 @@ TOKENS = _TokenCache()
 
 # --- reading result bodies as they arrive --------------------------------------------------------
 
-_STARTS = ("start_map", "start_array")
-_ENDS = ("end_map", "end_array")
-
 
 class _JsonReader:
     """Follows one JSON document fed chunk by chunk (ijson's push interface) and hands out the
@@ -356,14 +345,14 @@ class _JsonReader:
                 self.top_event = event
             if self._building is not None:
                 self._continue_value(event, value, rows)
-            elif prefix in (self._row_prefix, "errors.item", "fields") and event not in (*_ENDS, "map_key"):
+            elif prefix in (self._row_prefix, "errors.item", "fields") and event not in (*ENDS, "map_key"):
                 self._start_value(prefix, event, value, rows)
         self._events.clear()
         return rows
 
     def _start_value(self, prefix: str, event: str, value: Any, rows: list[Any]) -> None:
         build = prefix != self._row_prefix or self.build_rows
-        if event not in _STARTS:  # a scalar: complete at once
+        if event not in STARTS:  # a scalar: complete at once
             self._done(prefix, value, rows)
             return
         self._building, self._depth = prefix, 1
@@ -374,9 +363,9 @@ class _JsonReader:
     def _continue_value(self, event: str, value: Any, rows: list[Any]) -> None:
         if self._builder is not None:
             self._builder.event(event, value)
-        if event in _STARTS:
+        if event in STARTS:
             self._depth += 1
-        elif event in _ENDS:
+        elif event in ENDS:
             self._depth -= 1
         if self._depth == 0:
             prefix, builder = self._building, self._builder

@@ -42,6 +42,7 @@ from query_relay.exceptions import (
     UpstreamUnavailable,
 )
 from query_relay.http import UpstreamClient, parse_retry_after, read_error_body, translate_transport_errors
+from query_relay.json_stream import ENDS, IJSON, STARTS, Subtree
 from query_relay.models import BearerAuth, Column, Connection, OutputFormat, StrictModel
 from query_relay.observability import logger
 from query_relay.providers.base import (
@@ -54,16 +55,7 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-
-def _json_backend() -> Any:
-    """ijson's C backend (yajl2_c) is several times faster; the default one is the fallback."""
-    try:
-        return ijson.get_backend("yajl2_c")
-    except ImportError:
-        return ijson
-
-
-_JSON = _json_backend()
+_JSON = IJSON
 
 SUBMIT_PATH = "/api/v1/assessments/query_spec:result_async_create"
 TASK_PATH = "/api/v1/assessments/async_tasks/{}"
@@ -184,8 +176,6 @@ class VezaQuery(StrictModel):
 
 # --- reading an AsyncTask incrementally ------------------------------------------------------------
 
-_STARTS = ("start_map", "start_array")
-_ENDS = ("end_map", "end_array")
 _NODE_PATHS = frozenset({("result", "nodes_value", "values", "item"), ("result", "nodes_value", "item")})
 _TOKEN_PATHS = frozenset({("result", "nodes_value", "next_page_token"), ("result", "next_page_token")})
 _HAS_MORE_PATHS = frozenset({("result", "nodes_value", "has_more"), ("result", "has_more")})
@@ -194,28 +184,6 @@ _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 def _snake(key: str) -> str:
     return _CAMEL_HUMP.sub("_", key).lower()
-
-
-class _Subtree:
-    """Follows one nested JSON value event by event, building it (or only skipping it)."""
-
-    def __init__(self, *, build: bool) -> None:
-        self._builder = ijson.common.ObjectBuilder() if build else None
-        self._depth = 0
-
-    def event(self, event: str, value: Any) -> bool:
-        """Take one event; True once the value is complete."""
-        if self._builder is not None:
-            self._builder.event(event, value)
-        if event in _STARTS:
-            self._depth += 1
-        elif event in _ENDS:
-            self._depth -= 1
-        return self._depth == 0
-
-    @property
-    def value(self) -> Any:
-        return self._builder.value if self._builder is not None else None
 
 
 class _TaskReader:
@@ -230,7 +198,7 @@ class _TaskReader:
         self._parser: Any = _JSON.basic_parse_coro(self._events, use_float=True)
         self._stack: list[tuple[tuple[str, ...], bool]] = []  # open containers: (path, is_array)
         self._key = ""
-        self._node: _Subtree | None = None
+        self._node: Subtree | None = None
         self.task_id: str | None = None
         self.state: str | None = None
         self.status: str | None = None
@@ -358,7 +326,7 @@ class _TaskReader:
                     self._node = None
             elif event == "map_key":
                 self._key = _snake(value)
-            elif event in _ENDS:
+            elif event in ENDS:
                 self._close_container()
             else:
                 self._value(event, value)
@@ -375,9 +343,9 @@ class _TaskReader:
         path = (*parent, "item" if parent_is_array else self._key)
         logical = path[1:] if path[:1] == ("task",) else path  # with or without the wrapper
         if event == "start_map" and logical in _NODE_PATHS:
-            self._node = _Subtree(build=self._keep_nodes)
+            self._node = Subtree(build=self._keep_nodes)
             self._node.event(event, value)
-        elif event in _STARTS:
+        elif event in STARTS:
             self.result_seen |= logical == ("result",)
             self.nodes_seen |= logical == ("result", "nodes_value")
             self._stack.append((path, event == "start_array"))
