@@ -13,6 +13,10 @@ like one warm container, also by concurrent invocations (module-level state is s
 threads); only the handler file is imported by path, so sibling modules in a CodeUri directory are
 not importable (ours keep their code in the layer); a handler that outlives its Timeout is not
 killed, its answer is replaced by Lambda's ``Sandbox.Timedout`` error.
+
+Tests simulate a function dying mid-invocation (killed, out of memory, timed out) by raising
+``SimulatedCrash`` from inside the handler: the runtime answers with the error AWS reports for that
+death (``Runtime.ExitError``, ``Sandbox.Timedout``) and no stack trace, as Lambda does.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from werkzeug.wrappers import Request, Response
 
@@ -66,6 +70,25 @@ class LocalLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class SimulatedCrash(Exception):
+    """Raised from inside a handler (by a test) to stand for the function dying there.
+
+    An ``Exception``, not a ``BaseException``: it must travel like any error through the threads
+    that read the handler's streams (s3transfer's) to reach the handler's frame and this runtime.
+    """
+
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "Runtime.ExitError": "Runtime exited with error: signal: killed",
+        "Sandbox.Timedout": "Task timed out",
+    }
+
+    def __init__(self, error_type: str = "Runtime.ExitError") -> None:
+        if error_type not in self.MESSAGES:
+            raise ValueError(f"Lambda reports no crash as {error_type!r}")
+        super().__init__(error_type)
+        self.error_type = error_type
 
 
 class HandlerNotFound(Exception):
@@ -153,6 +176,10 @@ class LocalLambdaRuntime:
             self._before_invoke()  # after the import, which may have created the handlers' loggers
         try:
             returned = handler(event, context)
+        except SimulatedCrash as crash:
+            logger.warning("%s crashed (simulated): %s", function.name, crash.error_type)
+            message = f"RequestId: {request_id} Error: {SimulatedCrash.MESSAGES[crash.error_type]}"
+            return _error_result(crash.error_type, message, [], request_id)
         except Exception as error:
             # What the Python runtime writes to the function's log before answering.
             logger.warning("%s failed: %s", function.name, type(error).__name__, exc_info=True)

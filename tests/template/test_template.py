@@ -14,12 +14,18 @@ import pytest
 from cfnlint.decode import decode_str
 
 from query_relay.exceptions import ERRORS, TRANSIENT_ERRORS
+from query_relay.models import PollingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 ASL_PATH = ROOT / "statemachine" / "query.asl.json"
-# Error names the ASL may use that belong to AWS rather than to our library.
-AWS_ERROR_PREFIXES = ("States.", "Lambda.", "StepFunctions.")
+# Error names the ASL may use that belong to AWS rather than to our library: Step Functions' own,
+# the Lambda service's, and the Lambda runtime's when a function dies (killed, timed out).
+AWS_ERROR_PREFIXES = ("States.", "Lambda.", "StepFunctions.", "Runtime.", "Sandbox.")
+# What AWS reports when a function invocation dies half-way (and States.Timeout, a task's own timeout).
+CRASH_ERRORS = {"Runtime.ExitError", "Sandbox.Timedout", "States.Timeout"}
+# Tasks whose work may be repeated after a crash: each attempt starts over and replaces its output.
+RETRIED_AFTER_A_CRASH = {"Submit", "Poll", "Fetch"}
 
 
 def load_template() -> dict[str, Any]:
@@ -99,6 +105,68 @@ def test_transient_errors_are_retried_with_backoff_jitter_and_a_delay_cap(defini
             assert "MaxDelaySeconds" in rule, name
 
 
+def test_a_crashed_or_timed_out_invocation_is_retried_with_backoff_jitter_and_a_delay_cap(
+    definition: dict[str, Any],
+) -> None:
+    for name in RETRIED_AFTER_A_CRASH:
+        rules = [
+            rule
+            for rule in definition["States"][name].get("Retry", [])
+            if CRASH_ERRORS & set(rule["ErrorEquals"])
+        ]
+        assert rules, f"{name} does not retry a crashed invocation"
+        assert {error for rule in rules for error in rule["ErrorEquals"]} >= CRASH_ERRORS, name
+        for rule in rules:
+            assert rule["BackoffRate"] > 1, name
+            assert rule["JitterStrategy"] == "FULL", name
+            assert "MaxDelaySeconds" in rule, name
+
+
+def function_timeouts(template: dict[str, Any]) -> dict[str, int]:
+    """Each function's Timeout in seconds, by the DefinitionSubstitutions name of its ARN."""
+    default = int(template["Globals"]["Function"]["Timeout"])
+    machine = template["Resources"]["QueryStateMachine"]["Properties"]
+    timeouts: dict[str, int] = {}
+    for name, value in machine["DefinitionSubstitutions"].items():
+        if not isinstance(value, dict) or "Fn::GetAtt" not in value:
+            continue
+        target = value["Fn::GetAtt"]
+        logical_id, attribute = target if isinstance(target, list) else target.split(".", 1)
+        resource = template["Resources"][logical_id]
+        if attribute == "Arn" and resource["Type"] == "AWS::Serverless::Function":
+            timeouts[name] = int(resource["Properties"].get("Timeout", default))
+    return timeouts
+
+
+def test_every_lambda_task_times_out_a_little_after_its_function(
+    template: dict[str, Any], definition: dict[str, Any]
+) -> None:
+    # Given each function's Timeout in the template
+    timeouts = function_timeouts(template)
+    lambda_tasks = [
+        (name, state) for name, state in all_states(definition) if state.get("Resource", "").startswith("${")
+    ]
+    assert {state["Resource"] for _, state in lambda_tasks} == {f"${{{name}}}" for name in timeouts}
+    # Then every Lambda task gives up on a hung invocation, but only once Lambda has ended it (a
+    # retry must never run next to an attempt that is still writing)
+    for name, state in lambda_tasks:
+        function_timeout = timeouts[state["Resource"][2:-1]]
+        assert isinstance(state.get("TimeoutSeconds"), int), f"{name} has no TimeoutSeconds"
+        assert function_timeout < state["TimeoutSeconds"] <= function_timeout + 60, name
+
+
+def test_the_execution_times_out_only_after_the_longest_job_could_have_polled_and_fetched(
+    definition: dict[str, Any],
+) -> None:
+    # Given the longest polling.timeout_seconds a job spec may ask for
+    longest_job = max(getattr(rule, "le", 0) for rule in PollingSpec.model_fields["timeout_seconds"].metadata)
+    assert longest_job > 0
+    # Then the execution's own timeout (a last guard) leaves that job time to poll, then fetch
+    fetch_timeout = definition["States"]["Fetch"]["TimeoutSeconds"]
+    assert isinstance(definition.get("TimeoutSeconds"), int)
+    assert definition["TimeoutSeconds"] >= longest_job + fetch_timeout
+
+
 def test_every_task_that_can_fail_is_caught(definition: dict[str, Any]) -> None:
     for name, state in all_states(definition):
         if state["Type"] == "Task" and name != "PublishReady":
@@ -162,6 +230,18 @@ def test_results_bucket_is_private_encrypted_and_tls_only(template: dict[str, An
     assert any(
         s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false" for s in statements
     )
+
+
+def test_results_bucket_aborts_incomplete_multipart_uploads(template: dict[str, Any]) -> None:
+    # A Fetch killed mid-upload leaves its multipart upload behind if no later attempt runs.
+    rules = template["Resources"]["ResultsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    aborting = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
+    assert aborting, "no lifecycle rule aborts incomplete multipart uploads"
+    for rule in aborting:
+        assert rule["Status"] == "Enabled"
+        assert "Prefix" not in rule  # the whole bucket
+        assert "Filter" not in rule
+        assert 1 <= rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] <= 7
 
 
 def test_no_wildcard_actions_and_wildcard_resources_only_where_aws_allows_nothing_narrower(
