@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from query_relay.connections import load_connection
-from query_relay.exceptions import QueryTimedOut
+from query_relay.exceptions import QueryTimedOut, UpstreamProtocolError
 from query_relay.models import JobSpec, Manifest, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
@@ -137,7 +137,7 @@ def _bounded_wait(wanted: float, seconds_left: float | None) -> float:
 def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
     spec, job = _spec_and_job(event)
     if job.upstream_id is None:
-        raise QueryTimedOut("nothing to poll: the upstream gave no task id")  # pragma: no cover
+        raise UpstreamProtocolError("nothing to poll: the upstream gave no task id")  # pragma: no cover
     left_in_job = (job.deadline - _now()).total_seconds()
     if left_in_job <= 0:
         raise QueryTimedOut(
@@ -174,7 +174,8 @@ def watch_upstream(
     """Check the task, and keep checking inside this invocation (long-polls, or short sleeps
     where those are cheaper than another Wait -> Poll round) for up to ``hold_seconds``. Sets
     ``job.status`` to FINISHED, or ``job.wait_seconds`` for the Wait state; the last status."""
-    assert job.upstream_id is not None
+    if job.upstream_id is None:
+        raise UpstreamProtocolError("nothing to watch: the upstream gave no task id")  # pragma: no cover
     hold_until = clock() + max(hold_seconds, 0.0)
     checks = 0
     while True:
@@ -208,7 +209,7 @@ def watch_upstream(
 def fetch(event: dict[str, Any]) -> dict[str, Any]:
     spec, job = _spec_and_job(event)
     if job.upstream_id is None:
-        raise QueryTimedOut("nothing to fetch: the upstream gave no task id")  # pragma: no cover
+        raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
     with _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             job.result = _land(spec, job, result)
