@@ -267,22 +267,25 @@ class _RowEncoder(Protocol):
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """``_COMPACT_JSON.encode``, minus the C encoder that ``JSONEncoder.encode`` builds on every call
-    (a third of the cost of a row); the same output. Falls back where the C encoder is missing."""
+def _json_chunker() -> Callable[[Any, int], Iterable[str]]:
+    """The C encoder that ``_COMPACT_JSON.encode`` builds on every call (a third of the cost of a
+    row), built once: it gives the text of a value as chunks. Falls back where it is missing."""
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     encode_text = getattr(json.encoder, "c_encode_basestring", None)
     if make_encoder is None or encode_text is None:  # pragma: no cover - CPython has both
-        return _COMPACT_JSON.encode
-    encoder = make_encoder(None, str, encode_text, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(encoder(value, 0))
-
-    return encode
+        return lambda value, _level: (_COMPACT_JSON.encode(value),)
+    chunks: Callable[[Any, int], Iterable[str]] = make_encoder(
+        None, str, encode_text, None, ":", ",", False, False, True
+    )
+    return chunks
 
 
-_encode_json = _json_encoder()
+_json_chunks = _json_chunker()
+
+
+def _encode_json(value: Any) -> str:
+    """``_COMPACT_JSON.encode(value)``: the same output, faster."""
+    return "".join(_json_chunks(value, 0))
 
 
 class _JsonLinesEncoder:
@@ -295,7 +298,8 @@ class _JsonLinesEncoder:
         return b""
 
     def encode(self, row: Sequence[Any]) -> bytes:
-        return (_encode_json(dict(zip(self._names, row, strict=True))) + "\n").encode()
+        # _encode_json inlined: one Python call less per row of a large result.
+        return ("".join(_json_chunks(dict(zip(self._names, row, strict=True)), 0)) + "\n").encode()
 
 
 class _LastWrite:

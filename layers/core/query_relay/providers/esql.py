@@ -10,7 +10,11 @@ Submit and the result of Fetch go through the same code.
 
 from __future__ import annotations
 
+import codecs
 import json
+import json.scanner
+import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,10 +123,153 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError("numeric (floating point) overflow")
+    return value
+
+
+# Rows are decoded by the json module's C scanner. As with ijson, NaN and Infinity are not JSON and a
+# number too large for a float is an error (not infinity).
+_ROW_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float)
+# The C scanner itself (what raw_decode calls, minus a Python frame per row): (value, end) at an index.
+# (typeshed declares make_scanner's context as make_scanner itself; it takes the decoder.)
+_scan_row: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_ROW_DECODER)  # type: ignore[arg-type]
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A row that fails to decode this close to the end of the text read so far may only be cut short.
+_CUT_SHORT_MARGIN = 8
+
+
+class _RowText:
+    """The ``values`` array of an answer, from just after its ``[``: rows are decoded whole from the
+    text by the json module's C scanner (what ``JSONDecoder.raw_decode`` runs; several times faster
+    than an ijson event per value). Only the text from the row being decoded on is kept, so memory
+    stays bounded by one row and one chunk."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""
+        self._pos = 0
+        self._expect_row = True  # after "[" or ",": a row (or, right after "[", the end)
+        self._first = True
+        # A row cut short ends with a "]" yet to come: until one arrives, decoding it again is
+        # pointless (a multi-valued field many chunks long would otherwise be decoded per chunk).
+        self._cut_short = False
+        self.done = False
+        self.rest = b""  # the bytes after the closing "]" once done
+
+    def feed(self, chunk: bytes, rows: list[list[Any]] | None) -> int:
+        """Decode the rows completed by ``chunk`` into ``rows`` (counted only, if None); their count."""
+        text = self._decoder.decode(chunk)
+        self._text = self._text[self._pos :] + text
+        self._pos = 0
+        if self._cut_short and "]" not in text:
+            return 0
+        return self._read(rows, final=False)
+
+    def finish(self) -> None:
+        """The input ended inside ``values``."""
+        self._decoder.decode(b"", final=True)
+        self._read(None, final=True)
+        if not self.done:
+            raise ValueError("premature EOF inside 'values'")
+
+    def _read(self, rows: list[list[Any]] | None, *, final: bool) -> int:
+        text, pos, end = self._text, self._pos, len(self._text)
+        decode, whitespace = _scan_row, _JSON_WHITESPACE.match
+        # ijson spells an escaped surrogate without its pair "?"; json keeps it (and UTF-8 cannot).
+        surrogates = "\\ud" in text or "\\uD" in text
+        count = 0
+        while True:
+            if pos < end and text[pos] in " \t\n\r":
+                blank = whitespace(text, pos)
+                pos = blank.end() if blank is not None else pos
+            if pos >= end:
+                break
+            char = text[pos]
+            if not self._expect_row:
+                if char == ",":
+                    self._expect_row, pos = True, pos + 1
+                    continue
+                if char != "]":
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+                self._finish_values(text, pos + 1)
+                break
+            if char == "]" and self._first:
+                self._finish_values(text, pos + 1)
+                break
+            if char == "]":  # "[[...],]"
+                raise json.JSONDecodeError("Expecting value", text, pos)
+            try:
+                try:
+                    row, after = decode(text, pos)
+                except StopIteration as missing:  # how the scanner says "Expecting value" at an index
+                    raise json.JSONDecodeError("Expecting value", text, missing.value) from None
+            except json.JSONDecodeError as error:
+                cut_short = error.pos >= end - _CUT_SHORT_MARGIN or error.msg.startswith("Unterminated")
+                if cut_short and not final:
+                    self._cut_short = True
+                    break  # cut short by the chunk: decoded again once more text arrived
+                raise
+            if type(row) is not list:
+                raise _NotRows(_event_name(row))
+            if surrogates:
+                row = _without_lone_surrogates(row)
+            if rows is not None:
+                rows.append(row)
+            count += 1
+            pos, self._expect_row, self._first, self._cut_short = after, False, False, False
+        self._pos = pos
+        return count
+
+    def _finish_values(self, text: str, after: int) -> None:
+        self.done = True
+        pending, _ = self._decoder.getstate()
+        self.rest = text[after:].encode() + pending
+        self._text, self._pos = "", 0
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("?", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(key): _without_lone_surrogates(item) for key, item in value.items()}
+    return value
+
+
+class _NotRows(ValueError):
+    """``values`` holds a value that is not a row; ``event`` is the ijson event it starts with."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(event)
+        self.event = event
+
+
+def _event_name(value: Any) -> str:
+    """The ijson event a decoded JSON value starts with (for messages that read the same)."""
+    if isinstance(value, dict):
+        return "start_map"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "number"
+
+
 class _AnswerReader:
     """Parses one ES|QL JSON answer fed chunk by chunk (ijson's push interface), remembering the
     top-level facts (id, is_running, is_partial, columns) and producing ``values`` rows as they
-    complete. Everything else (``_clusters``, ``profile``, ...) is skipped without being built."""
+    complete. Everything else (``_clusters``, ``profile``, ...) is skipped without being built.
+    Rows that are kept are decoded whole from the text (``_RowText``): the head is fed to ijson in
+    slices that end at a ``[``, so that the one opening ``values`` is the last byte ijson saw."""
 
     def __init__(self, where: str, *, keep_rows: bool) -> None:
         self._where = where
@@ -143,19 +290,65 @@ class _AnswerReader:
         self._subtree: Subtree | None = None
         self._row: list[Any] | None = None
         self._cell: Subtree | None = None
+        self._row_text: _RowText | None = None
 
     # - feeding -
 
     def feed(self, chunk: bytes) -> list[list[Any]]:
         """Parse one more chunk; the rows it completed (empty unless ``keep_rows``)."""
+        if self._row_text is not None:
+            return self._feed_row_text(chunk)
+        if not self._keep_rows or self.values_done:
+            return self._feed_events(chunk)
+        rows: list[list[Any]] = []
+        start = 0
+        while (bracket := chunk.find(b"[", start)) >= 0:
+            rows += self._feed_events(chunk[start : bracket + 1])
+            start = bracket + 1
+            if self.in_values:
+                self._row_text = _RowText()
+                rows += self._feed_row_text(chunk[start:])
+                return rows
+        if start == 0 or start < len(chunk):  # an empty chunk would tell ijson the input ended
+            rows += self._feed_events(chunk[start:])
+        return rows
+
+    def _feed_events(self, chunk: bytes) -> list[list[Any]]:
         try:
             self._parser.send(chunk)
         except ijson.JSONError as error:
             raise self._protocol_error(f"the answer is not valid JSON ({_first_line(error)})") from None
         return self._consume()
 
+    def _feed_row_text(self, chunk: bytes) -> list[list[Any]]:
+        row_text = self._row_text
+        assert row_text is not None
+        rows: list[list[Any]] = []
+        with self._row_errors():
+            self.row_count += row_text.feed(chunk, rows)
+        if row_text.done:
+            # ijson saw the values' "[" last: the "]" closes them for it, then the rest follows.
+            self._row_text = None
+            rows += self._feed_events(b"]" + row_text.rest)
+        return rows
+
+    @contextmanager
+    def _row_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except _NotRows as not_rows:
+            raise self._protocol_error(
+                f"'values' holds something other than rows ({not_rows.event})"
+            ) from None
+        except (ValueError, RecursionError) as error:
+            problem = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+            raise self._protocol_error(f"the answer is not valid JSON ({problem})") from None
+
     def finish(self) -> None:
         """The input ended: the document must be complete."""
+        if self._row_text is not None:
+            with self._row_errors():
+                self._row_text.finish()
         try:
             self._parser.close()
         except ijson.JSONError as error:
