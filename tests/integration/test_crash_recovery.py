@@ -27,7 +27,8 @@ from query_relay_local.lambda_runtime import SimulatedCrash
 from query_relay_local.stack import LocalStack
 
 from .conftest import ES_CONNECTION, esql_connection
-from .test_esql_jobs import expected_rows, landed_manifest, rows_of, upstream_answer
+from .landed import landed_manifest
+from .test_esql_jobs import expected_rows, rows_of, upstream_answer
 
 QUERY = "FROM employees | KEEP emp_no, first_name, last_name, salary, hire_date | SORT emp_no"
 CRASH_AT_ROW = 600  # of 1,000: well inside the part being written

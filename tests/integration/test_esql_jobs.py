@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
 import json
 from typing import Any
 
@@ -16,6 +12,7 @@ from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.stack import LocalStack
 
 from .conftest import ES_CONNECTION, ESQL_API_KEY, esql_connection, run_job
+from .landed import landed_manifest, landed_rows, state_count
 
 DEPARTMENTS_QUERY = "FROM employees | STATS n = COUNT(*), top = MAX(salary) BY department | SORT department"
 EMPLOYEES_QUERY = (
@@ -54,40 +51,15 @@ def expected_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in answer["values"]]
 
 
-def state_count(history: list[Any], event_type: str) -> int:
-    return sum(1 for event in history if event["type"] == event_type)
-
-
-def read_object(stack: LocalStack, key: str) -> bytes:
-    body: bytes = stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
-    return body
-
-
-def landed_manifest(stack: LocalStack, final: Any) -> dict[str, Any]:
-    output = json.loads(final["output"])
-    manifest: dict[str, Any] = json.loads(read_object(stack, output["manifest_key"]))
-    return manifest
+def esql_native_rows(text: str) -> list[dict[str, Any]]:
+    """ES|QL's own JSON answer: columns, then rows of values."""
+    document = json.loads(text)
+    names = [column["name"] for column in document["columns"]]
+    return [dict(zip(names, values, strict=True)) for values in document["values"]]
 
 
 def rows_of(stack: LocalStack, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Read every object the manifest lists, checking its bytes and sha256 on the way."""
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["objects"]:
-        raw = read_object(stack, entry["key"])
-        assert len(raw) == entry["bytes"]
-        assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
-        text = (gzip.decompress(raw) if manifest["compression"] == "gzip" else raw).decode()
-        if manifest["format"] == "jsonl":
-            part = [json.loads(line) for line in text.splitlines()]
-        elif manifest["format"] == "csv":
-            part = list(csv.DictReader(io.StringIO(text)))
-        else:
-            document = json.loads(text)
-            names = [column["name"] for column in document["columns"]]
-            part = [dict(zip(names, values, strict=True)) for values in document["values"]]
-        assert len(part) == entry["rows"]
-        rows.extend(part)
-    return rows
+    return landed_rows(stack, manifest, esql_native_rows)
 
 
 def as_csv_strings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -39,6 +39,7 @@ from query_relay_local.emulators.veza import VezaEmulator
 from query_relay_local.stack import LocalStack
 
 from .conftest import ES_CONNECTION, ESQL_API_KEY, esql_connection, run_job
+from .landed import read_object
 from .test_esql_jobs import expected_rows as esql_rows
 from .test_esql_jobs import upstream_answer
 from .test_looker_jobs import (
@@ -271,11 +272,6 @@ def check_each(outcomes: list[Outcome], check: Callable[[Outcome], None]) -> Non
 
 
 # --- what landed --------------------------------------------------------------------------------
-
-
-def read_object(stack: LocalStack, key: str) -> bytes:
-    body: bytes = stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
-    return body
 
 
 def job_keys(stack: LocalStack, job_id: str) -> list[str]:

@@ -5,8 +5,6 @@ transient errors, and no secret of the connection anywhere."""
 from __future__ import annotations
 
 import csv
-import gzip
-import hashlib
 import io
 import json
 import re
@@ -20,6 +18,7 @@ from query_relay_local.emulators.looker import LookerEmulator
 from query_relay_local.stack import LocalStack
 
 from .conftest import run_job
+from .landed import landed_manifest, landed_rows, state_count
 
 LOOKER_CONNECTION = "looker-local"
 LOOKER_CLIENT_ID = "integration-looker-client"
@@ -83,38 +82,9 @@ def upstream_result(emulator: LookerEmulator, query: dict[str, Any], result_form
     return answer.text
 
 
-def read_object(stack: LocalStack, key: str) -> bytes:
-    body: bytes = stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
-    return body
-
-
-def landed_manifest(stack: LocalStack, final: Any) -> dict[str, Any]:
-    output = json.loads(final["output"])
-    manifest: dict[str, Any] = json.loads(read_object(stack, output["manifest_key"]))
-    return manifest
-
-
 def rows_of(stack: LocalStack, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Read every object the manifest lists, checking its size, sha256 and row count on the way."""
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["objects"]:
-        raw = read_object(stack, entry["key"])
-        assert len(raw) == entry["bytes"]
-        assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
-        text = (gzip.decompress(raw) if manifest["compression"] == "gzip" else raw).decode()
-        if manifest["format"] == "jsonl":
-            part = [json.loads(line) for line in text.splitlines()]
-        elif manifest["format"] == "csv":
-            part = list(csv.DictReader(io.StringIO(text)))
-        else:  # native: Looker's own json, an array of row objects
-            part = json.loads(text)
-        assert len(part) == entry["rows"]
-        rows.extend(part)
-    return rows
-
-
-def state_count(history: list[Any], event_type: str) -> int:
-    return sum(1 for event in history if event["type"] == event_type)
+    # native: Looker's own json, an array of row objects
+    return landed_rows(stack, manifest, json.loads)
 
 
 def test_a_slow_query_is_polled_until_complete_then_fetched(looker_emulator: LookerEmulator) -> None:

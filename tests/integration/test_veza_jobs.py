@@ -6,10 +6,6 @@ finishing at once) and ``veza_stack`` (a started ``LocalStack`` with the connect
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +17,7 @@ from query_relay_local.emulators.veza_data import select_nodes
 from query_relay_local.stack import LocalStack
 
 from ..conformance.harness_veza import node_as_row
+from .landed import landed_manifest, landed_rows, state_count
 
 VEZA_CONNECTION = "veza-local"
 # A test value, distinctive so that it can be looked for in logs, events and outputs.
@@ -99,39 +96,14 @@ def expected_rows(query: dict[str, Any]) -> list[dict[str, Any]]:
     return [node_as_row(node) for node in select_nodes(query)]
 
 
-def state_count(history: list[Any], event_type: str) -> int:
-    return sum(1 for event in history if event["type"] == event_type)
-
-
-def read_object(stack: LocalStack, key: str) -> bytes:
-    body: bytes = stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
-    return body
-
-
-def landed_manifest(stack: LocalStack, final: Any) -> dict[str, Any]:
-    output = json.loads(final["output"])
-    manifest: dict[str, Any] = json.loads(read_object(stack, output["manifest_key"]))
-    return manifest
+def veza_native_rows(text: str) -> list[dict[str, Any]]:
+    """Native objects hold one upstream answer per line; their nodes become rows as the provider's do."""
+    tasks = [json.loads(line)["task"] for line in text.splitlines()]
+    return [node_as_row(node) for task in tasks for node in task["result"]["nodes_value"]["values"]]
 
 
 def rows_of(stack: LocalStack, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Read every object the manifest lists, checking its bytes and sha256 on the way; native
-    objects hold one upstream answer per line, whose nodes become rows the way the provider does."""
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["objects"]:
-        raw = read_object(stack, entry["key"])
-        assert len(raw) == entry["bytes"]
-        assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
-        text = (gzip.decompress(raw) if manifest["compression"] == "gzip" else raw).decode()
-        if manifest["format"] == "jsonl":
-            part = [json.loads(line) for line in text.splitlines()]
-        elif manifest["format"] == "csv":
-            part = list(csv.DictReader(io.StringIO(text)))
-        else:
-            tasks = [json.loads(line)["task"] for line in text.splitlines()]
-            part = [node_as_row(node) for task in tasks for node in task["result"]["nodes_value"]["values"]]
-        assert len(part) == entry["rows"]
-        rows.extend(part)
+    rows = landed_rows(stack, manifest, veza_native_rows)
     assert manifest["row_count"] == len(rows)
     assert manifest["byte_count"] == sum(entry["bytes"] for entry in manifest["objects"])
     return rows

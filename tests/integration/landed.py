@@ -1,0 +1,50 @@
+"""Reading what a job landed in S3, shared by the integration tests of every provider."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+from query_relay_local.stack import LocalStack
+
+# How a provider's native objects turn into rows: the object's text -> row dicts.
+NativeRows = Callable[[str], list[dict[str, Any]]]
+
+
+def state_count(history: list[Any], event_type: str) -> int:
+    return sum(1 for event in history if event["type"] == event_type)
+
+
+def read_object(stack: LocalStack, key: str) -> bytes:
+    body: bytes = stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read()
+    return body
+
+
+def landed_manifest(stack: LocalStack, final: Any) -> dict[str, Any]:
+    output = json.loads(final["output"])
+    manifest: dict[str, Any] = json.loads(read_object(stack, output["manifest_key"]))
+    return manifest
+
+
+def landed_rows(stack: LocalStack, manifest: dict[str, Any], native_rows: NativeRows) -> list[dict[str, Any]]:
+    """Read every object the manifest lists, checking its size, sha256 and row count on the way."""
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["objects"]:
+        raw = read_object(stack, entry["key"])
+        assert len(raw) == entry["bytes"]
+        assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
+        text = (gzip.decompress(raw) if manifest["compression"] == "gzip" else raw).decode()
+        if manifest["format"] == "jsonl":
+            part = [json.loads(line) for line in text.splitlines()]
+        elif manifest["format"] == "csv":
+            part = list(csv.DictReader(io.StringIO(text)))
+        else:
+            part = native_rows(text)
+        assert len(part) == entry["rows"]
+        rows.extend(part)
+    return rows
