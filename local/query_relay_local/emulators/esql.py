@@ -60,7 +60,7 @@ from werkzeug.wrappers import Request, Response
 from .esql_engine import CompiledQuery, compile_query
 from .esql_output import JSON_TYPE, TEXT_FORMATS, json_result, text_result
 from .esql_types import EsqlError, Value
-from .http import EmulatorServer, InjectedFault
+from .http import EmulatorServer, InjectedFault, control_body
 
 logger = logging.getLogger(__name__)
 
@@ -718,7 +718,7 @@ class EsqlEmulator(EmulatorServer):
             if route == ("GET", "faults"):
                 return _control_json(self.faults.pending())
             if route == ("POST", "faults"):
-                self.faults.arm_from_json(_control_body(request))
+                self.faults.arm_from_json(control_body(request))
                 return _control_json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()
@@ -735,7 +735,7 @@ class EsqlEmulator(EmulatorServer):
         return _control_json({"error": f"no control route {request.method} {request.path}"}, status=404)
 
     def _update_config(self, request: Request) -> Response:
-        changes = _control_body(request)
+        changes = control_body(request)
         known = {item.name for item in fields(self.config)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -751,16 +751,6 @@ class EsqlEmulator(EmulatorServer):
 def _error_content_type(request: Request) -> str:
     version = re.search(r"compatible-with=(\d+)", request.headers.get("Accept", ""))
     return f"application/vnd.elasticsearch+json;compatible-with={version.group(1)}" if version else JSON_TYPE
-
-
-def _control_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(request.get_data() or b"{}")
-    except ValueError as error:
-        raise ValueError(f"control request body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise ValueError("control request body must be a JSON object")
-    return body
 
 
 def _control_json(body: object, status: int = 200) -> Response:

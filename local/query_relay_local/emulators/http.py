@@ -26,6 +26,7 @@ Over HTTP: `POST /_emulator/faults` with a JSON object of the same names (`arm_f
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import socket
 import threading
@@ -389,3 +390,14 @@ def _truncated(body: Iterable[bytes], fault: InjectedFault, environ: WSGIEnviron
             close()
     _drop_connection(environ)
     raise ConnectionResetError(f"emulated fault: body cut after {sent} bytes")
+
+
+def control_body(request: Request) -> dict[str, Any]:
+    """The JSON object a test sent to an emulator's control API (``/_emulator/...``)."""
+    try:
+        body = json.loads(request.get_data() or b"{}")
+    except ValueError as error:
+        raise ValueError(f"control request body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ValueError("control request body must be a JSON object")
+    return body

@@ -66,7 +66,7 @@ from typing import Any, Literal
 
 from werkzeug.wrappers import Request, Response
 
-from .http import EmulatorServer, InjectedFault
+from .http import EmulatorServer, InjectedFault, control_body
 from .looker_data import MODEL, LookerQueryError, QueryResult, QuerySpec, find_explore, run_query
 
 logger = logging.getLogger(__name__)
@@ -913,7 +913,7 @@ class LookerEmulator(EmulatorServer):
             if route == ("GET", "faults"):
                 return self._json(self.faults.pending())
             if route == ("POST", "faults"):
-                self.faults.arm_from_json(_control_body(request))
+                self.faults.arm_from_json(control_body(request))
                 return self._json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()
@@ -933,7 +933,7 @@ class LookerEmulator(EmulatorServer):
         return self._json({"error": f"no control route {request.method} {request.path}"}, status=404)
 
     def _update_config(self, request: Request) -> Response:
-        changes = _control_body(request)
+        changes = control_body(request)
         known = {item.name: item for item in fields(self.config)}
         unknown = sorted(set(changes) - set(known))
         if unknown:
@@ -948,16 +948,6 @@ class LookerEmulator(EmulatorServer):
             else:
                 setattr(self.config, name, float(value))
         return self._json(asdict(self.config))
-
-
-def _control_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(request.get_data() or b"{}")
-    except ValueError as error:
-        raise ValueError(f"control request body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise ValueError("control request body must be a JSON object")
-    return body
 
 
 def serve_forever(host: str, port: int, **kwargs: Any) -> None:

@@ -63,7 +63,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from .http import EmulatorServer
+from .http import EmulatorServer, control_body
 from .veza_data import SpecError, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -483,12 +483,12 @@ class VezaEmulator(EmulatorServer):
             if route == ("GET", "config"):
                 return self._json(asdict(self.config))
             if route == ("POST", "config"):
-                self._update_config(_control_body(request))
+                self._update_config(control_body(request))
                 return self._json(asdict(self.config))
             if route == ("GET", "faults"):
                 return self._json(self.faults.pending())
             if route == ("POST", "faults"):
-                self.faults.arm_from_json(_control_body(request))
+                self.faults.arm_from_json(control_body(request))
                 return self._json(self.faults.pending())
             if route == ("DELETE", "faults"):
                 self.faults.clear()
@@ -546,16 +546,6 @@ def _page_size(value: Any, config: VezaEmulatorConfig) -> int:
         raise SpecError("page_size must not be negative")
     # "Fewer results may be returned even when more pages exist."
     return min(size, config.max_page_size)
-
-
-def _control_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(request.get_data() or b"{}")
-    except ValueError as error:
-        raise ValueError(f"control request body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise ValueError("control request body must be a JSON object")
-    return body
 
 
 def serve_forever(host: str, port: int, **kwargs: Any) -> None:

@@ -49,8 +49,6 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-_JSON = IJSON
-
 ASYNC_ID_HEADER = "X-Elasticsearch-Async-Id"
 ASYNC_IS_RUNNING_HEADER = "X-Elasticsearch-Async-Is-Running"
 # The stored result must outlive the whole job (polling timeout) plus the time Fetch needs.
@@ -276,7 +274,7 @@ class _AnswerReader:
         self._keep_rows = keep_rows
         self._events: Any = ijson.utils.sendable_list()
         # Non-integral numbers as floats straight from the parser (rows carry floats anyway).
-        self._parser: Any = _JSON.basic_parse_coro(self._events, use_float=True)
+        self._parser: Any = IJSON.basic_parse_coro(self._events, use_float=True)
         self.upstream_id: str | None = None
         self.is_running: bool | None = None
         self.is_partial: bool | None = None

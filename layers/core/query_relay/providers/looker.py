@@ -67,8 +67,6 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-_JSON = IJSON
-
 API_PATH = "/api/4.0"
 TASK_SOURCE = "query-relay"
 # Renew a token this long before Looker says it expires (capped at half its lifetime).
@@ -315,7 +313,7 @@ class _JsonReader:
         self._where = where
         self.build_rows = build_rows
         self._events: Any = ijson.utils.sendable_list()
-        self._parser: Any = _JSON.parse_coro(self._events, use_float=True)
+        self._parser: Any = IJSON.parse_coro(self._events, use_float=True)
         self._builder: ijson.common.ObjectBuilder | None = None
         self._building: str | None = None  # the prefix of the value being built or skipped
         self._depth = 0

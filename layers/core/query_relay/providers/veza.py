@@ -55,8 +55,6 @@ from query_relay.providers.base import (
     TabularResult,
 )
 
-_JSON = IJSON
-
 SUBMIT_PATH = "/api/v1/assessments/query_spec:result_async_create"
 TASK_PATH = "/api/v1/assessments/async_tasks/{}"
 _JSON_HEADERS = {"Accept": "application/json"}
@@ -195,7 +193,7 @@ class _TaskReader:
         self._where = where
         self._keep_nodes = keep_nodes
         self._events: Any = ijson.utils.sendable_list()
-        self._parser: Any = _JSON.basic_parse_coro(self._events, use_float=True)
+        self._parser: Any = IJSON.basic_parse_coro(self._events, use_float=True)
         self._stack: list[tuple[tuple[str, ...], bool]] = []  # open containers: (path, is_array)
         self._key = ""
         self._node: Subtree | None = None
