@@ -48,6 +48,7 @@ from moto.core.config import default_user_config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import ThreadedWSGIServer
 
+from query_relay.history import continued_as
 from query_relay_local.lambda_runtime import (
     CapturedLogs,
     InvocationResult,
@@ -255,7 +256,9 @@ class LocalStack:
     def wait(
         self, execution_arn: str, timeout: float = 300.0, on_event: EventCallback | None = None
     ) -> DescribeExecutionOutputTypeDef:
-        """Wait for the execution to end, handing each new history event to ``on_event``."""
+        """Wait for the job to end, handing each new history event to ``on_event``; a job that
+        continues as a new execution (query_relay.history) is followed to its last execution,
+        whose description this returns."""
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
@@ -266,10 +269,25 @@ class LocalStack:
                     on_event(event)
             seen = len(events)
             if described["status"] != "RUNNING":
-                return described
+                following = continued_as(described)
+                if following is None:
+                    return described
+                execution_arn, seen = following, 0
+                continue
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
             time.sleep(0.1)
+
+    def execution_arn(self, name: str) -> str:
+        """The ARN of this stack's execution named ``name`` (a job id)."""
+        return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
+
+    def chain(self, execution_arn: str) -> list[str]:
+        """The execution and every continuation of its job so far, in order."""
+        arns = [execution_arn]
+        while (following := continued_as(self.sfn.describe_execution(executionArn=arns[-1]))) is not None:
+            arns.append(following)
+        return arns
 
     def run_job(
         self, spec: Mapping[str, Any], job_id: str | None = None, timeout: float = 300.0
@@ -383,6 +401,13 @@ class LocalStack:
         """Create what template.yaml declares, as far as the local stack needs it."""
         for bucket in self.template.buckets.values():
             self.s3.create_bucket(Bucket=bucket)
+        for table in self.template.tables.values():
+            self._client("dynamodb").create_table(
+                TableName=table.name,
+                KeySchema=table.key_schema,
+                AttributeDefinitions=table.attribute_definitions,
+                BillingMode="PAY_PER_REQUEST",
+            )
         bus = self.template.parameter_values.get("EventBusName", "default")
         if bus != "default":
             self._client("events").create_event_bus(Name=bus)
@@ -442,8 +467,9 @@ def _fix_moto_step_functions_integration() -> None:
     moto's ASL interpreter (ported from LocalStack) leaves out the step that renames a task's
     parameters (``StateMachineArn``, as ASL spells them) to the SDK's (``stateMachineArn``), so the
     call fails with ``KeyError: 'StateMachineArn'``. This puts that step back for the Step Functions
-    integration only, with moto's own renaming helper and botocore's model of the operation.
-    Idempotent; the state machine's schedule launcher needs it (statemachine/query.asl.json).
+    integration only, with moto's own renaming helper and botocore's model of the operation; and
+    renames the answer's fields back (``executionArn`` -> ``ExecutionArn``, as AWS hands it over).
+    Idempotent; the schedule launcher and ContinueAsNew need it (statemachine/query.asl.json).
     """
     from botocore.session import get_session  # noqa: PLC0415 - only the local stack needs these
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: PLC0415
@@ -467,8 +493,26 @@ def _fix_moto_step_functions_integration() -> None:
         operation = next(name for name in model.operation_names if camel_to_snake(name) == action)
         self._to_boto_request(parameters, model.operation_model(operation).input_shape)
 
+    original_eval = service._eval_service_task
+
+    def eval_service_task(self: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        original_eval(self, env, *args, **kwargs)
+        env.stack.append(_as_integration_result(env.stack.pop()))
+
     setattr(service, "_normalise_parameters", normalise_parameters)  # noqa: B010 - patching moto
+    setattr(service, "_eval_service_task", eval_service_task)  # noqa: B010 - patching moto
     setattr(service, "_query_relay_fixed", True)  # noqa: B010
+
+
+def _as_integration_result(response: Any) -> Any:
+    """What the Step Functions integration hands the state: the API's answer with its field names
+    as the API spells them (``ExecutionArn``, where boto3 says ``executionArn``) and times as text."""
+    if not isinstance(response, dict):
+        return response
+    return {
+        name[:1].upper() + name[1:]: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in response.items()
+    }
 
 
 def _fix_moto_stop_execution() -> None:

@@ -26,6 +26,7 @@ DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 _FUNCTION = "AWS::Serverless::Function"
 _STATE_MACHINE = "AWS::Serverless::StateMachine"
 _BUCKET = "AWS::S3::Bucket"
+_TABLE = "AWS::DynamoDB::Table"
 _ROLE = "AWS::IAM::Role"
 _SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
 
@@ -90,6 +91,16 @@ class StateMachine:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A DynamoDB table, as far as creating it locally needs: its name and keys."""
+
+    logical_id: str
+    name: str
+    key_schema: list[dict[str, str]]
+    attribute_definitions: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
 class LocalTemplate:
     path: Path
     parameters: dict[str, Parameter]
@@ -97,6 +108,7 @@ class LocalTemplate:
     functions: dict[str, Function]
     state_machines: dict[str, StateMachine]
     buckets: dict[str, str]  # logical id -> local bucket name
+    tables: dict[str, Table] = field(default_factory=dict)
 
     @property
     def state_machine(self) -> StateMachine:
@@ -131,6 +143,11 @@ def local_bucket_name(logical_id: str) -> str:
     return f"{LOCAL_STACK_NAME}-{kebab}"[:63]
 
 
+def local_table_name(logical_id: str) -> str:
+    """``ConcurrencyTable`` -> ``query-relay-local-concurrency-table``."""
+    return local_bucket_name(logical_id)
+
+
 def load_template(
     path: Path = DEFAULT_TEMPLATE_PATH, parameter_overrides: Mapping[str, str] | None = None
 ) -> LocalTemplate:
@@ -142,7 +159,12 @@ def load_template(
     }
     values = _parameter_values(parameters, parameter_overrides or {})
     buckets = {lid: local_bucket_name(lid) for lid, res in resources.items() if res.get("Type") == _BUCKET}
-    resolver = _Resolver(values, resources, buckets)
+    tables = {
+        lid: _table(lid, dict(res.get("Properties") or {}))
+        for lid, res in resources.items()
+        if res.get("Type") == _TABLE
+    }
+    resolver = _Resolver(values, resources, buckets, {lid: table.name for lid, table in tables.items()})
     function_defaults = dict((document.get("Globals") or {}).get("Function") or {})
     functions = {
         lid: _function(lid, dict(res.get("Properties") or {}), function_defaults, path.parent, resolver)
@@ -161,6 +183,7 @@ def load_template(
         functions=functions,
         state_machines=state_machines,
         buckets=buckets,
+        tables=tables,
     )
 
 
@@ -244,6 +267,18 @@ def _state_machine(
     )
 
 
+def _table(logical_id: str, properties: dict[str, Any]) -> Table:
+    key_schema, attributes = properties.get("KeySchema"), properties.get("AttributeDefinitions")
+    if not isinstance(key_schema, list) or not isinstance(attributes, list):
+        raise TemplateError(f"{logical_id}: KeySchema and AttributeDefinitions must be lists to run locally")
+    return Table(
+        logical_id=logical_id,
+        name=local_table_name(logical_id),
+        key_schema=[{str(k): str(v) for k, v in entry.items()} for entry in key_schema],
+        attribute_definitions=[{str(k): str(v) for k, v in entry.items()} for entry in attributes],
+    )
+
+
 def _as_string(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -259,6 +294,7 @@ class _Resolver:
     parameters: Mapping[str, str]
     resources: Mapping[str, Any]
     buckets: Mapping[str, str]
+    tables: Mapping[str, str]
     pseudo: Mapping[str, str] = field(
         default_factory=lambda: {
             "AWS::Region": LOCAL_REGION,
@@ -293,6 +329,8 @@ class _Resolver:
         kind = self._type_of(name, where)
         if kind == _BUCKET:
             return self.buckets[name]
+        if kind == _TABLE:
+            return self.tables[name]
         if kind == _FUNCTION:
             return name  # Ref of a function is its name; locally the logical id
         if kind == _STATE_MACHINE:
@@ -305,6 +343,9 @@ class _Resolver:
             return local_function_arn(name)
         if kind == _BUCKET and attribute == "Arn":
             return f"arn:{LOCAL_PARTITION}:s3:::{self.buckets[name]}"
+        if kind == _TABLE and attribute == "Arn":
+            table = self.tables[name]
+            return f"arn:{LOCAL_PARTITION}:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT_ID}:table/{table}"
         if kind == _STATE_MACHINE and attribute == "Name":
             return name
         if kind == _ROLE and attribute == "Arn":

@@ -315,7 +315,10 @@ def test_a_schedule_trigger_delivered_twice_runs_its_job_once(api: httpx.Client,
     view = wait_for(api, job_id, ended)
     assert view["status"] == "SUCCEEDED"
     assert view["manifest"]["job_id"] == job_id
-    # and a delivery's own execution reads as a job without a result of its own
+    # and the listing holds the job, not the deliveries' launcher executions
+    listed = api.get("/queries").raise_for_status().json()["jobs"]
+    assert [entry["job_id"] for entry in listed] == [job_id]
+    # while a delivery's own execution reads as a job without a result of its own
     delivery = api.get("/queries/scheduler-delivery-1").json()
     assert (delivery["status"], delivery["manifest"]) == ("SUCCEEDED", None)
 

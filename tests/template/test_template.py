@@ -8,13 +8,14 @@ import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from cfnlint.decode import decode_str
 
 from query_relay.exceptions import ERRORS, TRANSIENT_ERRORS
 from query_relay.models import PollingSpec
+from query_relay.state import JobState, JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -265,3 +266,46 @@ def test_no_wildcard_actions_and_wildcard_resources_only_where_aws_allows_nothin
                 assert all("*" not in action for action in actions), logical_id
                 if statement.get("Resource") == "*":
                     assert set(actions) <= only_star_resource, logical_id
+
+
+def test_every_job_field_and_status_the_asl_reads_is_one_the_library_writes(
+    definition: dict[str, Any],
+) -> None:
+    text = json.dumps(definition)
+    fields = set(re.findall(r"\$\.job\.([a-z_]+)", text))
+    assert {"status", "wait_seconds", "continue_as_new", "next_execution"} <= fields
+    assert fields <= set(JobState.model_fields)
+    statuses = {
+        choice["StringEquals"]
+        for _, state in all_states(definition)
+        for choice in state.get("Choices", [])
+        if choice.get("Variable") == "$.job.status"
+    }
+    assert statuses == set(get_args(JobStatus)) - {"RUNNING"}  # RUNNING is every Choice's Default
+
+
+def test_the_concurrency_table_is_given_to_the_functions_that_take_or_give_back_slots(
+    template: dict[str, Any],
+) -> None:
+    (table,) = resources_of_type(template, "AWS::DynamoDB::Table")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["CONCURRENCY_TABLE"] == {"Ref": table}
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    for name in (
+        "SubmitFunction",
+        "FetchFunction",
+        "CleanupFunction",
+        "ApiFunction",
+        "ExecutionStoppedFunction",
+    ):
+        granted = {
+            action
+            for policy in functions[name]["Properties"]["Policies"]
+            if isinstance(policy, dict) and "Statement" in policy
+            for statement in policy["Statement"]
+            if statement["Resource"] == {"Fn::GetAtt": [table, "Arn"]}
+            for action in (
+                statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            )
+        }
+        assert "dynamodb:UpdateItem" in granted, name

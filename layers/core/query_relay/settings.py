@@ -21,6 +21,10 @@ class Settings(BaseModel):
     long_poll_max_seconds: float = Field(default=30.0, ge=0, le=600)
     # How long Submit waits for the upstream to finish inline (the fast path).
     submit_wait_seconds: float = Field(default=2.0, ge=0, le=600)
+    # Events one execution may hold before the job continues as a new one (query_relay.history).
+    history_event_limit: int = Field(default=25_000, ge=200, le=25_000)
+    # The DynamoDB table of connections' max_concurrent slots (query_relay.concurrency).
+    concurrency_table: str | None = None
 
 
 ENVIRONMENT = {
@@ -30,6 +34,8 @@ ENVIRONMENT = {
     "part_max_bytes": "PART_MAX_BYTES",
     "long_poll_max_seconds": "LONG_POLL_MAX_SECONDS",
     "submit_wait_seconds": "SUBMIT_WAIT_SECONDS",
+    "history_event_limit": "HISTORY_EVENT_LIMIT",
+    "concurrency_table": "CONCURRENCY_TABLE",
 }
 
 

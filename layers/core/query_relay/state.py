@@ -1,7 +1,9 @@
 """The documents that travel through the state machine (small: pointers and counters only).
 
-Execution state: ``{"spec": <job spec>, "execution": <name>, "started_at": ..., "job": JobState,
-"error": {"Error", "Cause"}, "failure": Failure}``; each Lambda returns one of these parts.
+Execution state: ``{"spec": <job spec>, "execution": <name>, "execution_arn": <this execution>,
+"job": JobState, "error": {"Error", "Cause"}, "failure": Failure}``; each Lambda returns one of these
+parts. An execution that continues a job as a new one (``continue_as_new``) also carries
+``"continued_from": <the previous execution's ARN>``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from query_relay.models import ProviderName
 
-JobStatus = Literal["RUNNING", "FINISHED", "DONE"]
+# QUEUED: waiting for one of the connection's max_concurrent slots (nothing sent upstream yet).
+JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "DONE"]
 
 
 class ResultPointer(BaseModel):
@@ -41,6 +44,15 @@ class JobState(BaseModel):
     deadline: datetime
     provider_state: dict[str, Any] = Field(default_factory=dict)
     result: ResultPointer | None = None
+    # Holds one of the connection's max_concurrent slots (query_relay.concurrency).
+    holds_slot: bool = False
+    slot_checks: int = 0
+    # Wait rounds run in this execution; past the history budget the job continues as a new
+    # execution named ``next_execution`` (query_relay.history).
+    rounds: int = 0
+    continuations: int = 0
+    continue_as_new: bool = False
+    next_execution: str | None = None
 
 
 class Failure(BaseModel):

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
+from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
-from query_relay.exceptions import QueryTimedOut, UpstreamProtocolError
-from query_relay.models import JobSpec, Manifest, PollingSpec, parse_job_spec
+from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError
+from query_relay.history import continuation_name, should_continue
+from query_relay.models import Connection, JobSpec, Manifest, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
 from query_relay.providers import (
@@ -75,12 +77,23 @@ def _spec_and_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
 
 
 def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
+    """Start the upstream task; or, when the connection's max_concurrent slots are all taken,
+    return the job QUEUED with the Wait before asking again (the state machine calls Submit again
+    with that job state)."""
     spec = parse_job_spec(event["spec"])
     job_id = spec.job_id or str(event["execution"])
     logger.append_keys(job_id=job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
     query = validate_query(connection.provider, spec.query)
+    queued = _queued_job(event)
+    holds_slot = False
+    if connection.max_concurrent is not None:
+        slots = _slots(spec.connection)
+        if slots is None or not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
+            return _wait_for_slot(spec, job_id, connection, queued).model_dump(mode="json")
+        holds_slot = True
     submitted_at = _now()
+    deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
     settings = get_settings()
     options = SubmitOptions(
         output_format=spec.output.format,
@@ -98,8 +111,12 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
                 status="RUNNING",
                 wait_seconds=_first_wait_seconds(provider, spec, submitted_at),
                 submitted_at=submitted_at,
-                deadline=submitted_at + timedelta(seconds=spec.polling.timeout_seconds),
+                deadline=deadline,
                 provider_state=submission.state,
+                holds_slot=holds_slot,
+                slot_checks=queued.slot_checks if queued else 0,
+                rounds=queued.rounds if queued else 0,
+                continuations=queued.continuations if queued else 0,
             )
             logger.append_keys(upstream_id=job.upstream_id)
             if submission.result is not None:
@@ -108,13 +125,112 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
                 metrics.add_metric(name="FastPathJobs", unit="Count", value=1)
             elif submission.finished:
                 job.status = "FINISHED"
-        if job.status == "DONE" and job.upstream_id:
-            _release_quietly(provider, job)
+        if job.status == "DONE":
+            if job.upstream_id:
+                _release_quietly(provider, job)
+            _give_back_slot(job)
     finally:
         provider.close()
     metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
     logger.info("submitted", extra={"status": job.status, "provider": job.provider})
     return job.model_dump(mode="json")
+
+
+def _queued_job(event: dict[str, Any]) -> JobState | None:
+    """The job state of an earlier Submit that found no free slot (``$.job``), if any."""
+    raw = event.get("job")
+    if not isinstance(raw, dict) or raw.get("status") != "QUEUED":
+        return None
+    return JobState.model_validate(raw)
+
+
+def _slots(connection_name: str) -> Slots | None:
+    table = get_settings().concurrency_table
+    return Slots(table, connection_name) if table else None
+
+
+def _wait_for_slot(spec: JobSpec, job_id: str, connection: Connection, queued: JobState | None) -> JobState:
+    """The job, QUEUED: every slot of its connection is taken. Waiting counts towards
+    ``polling.timeout_seconds``, like the upstream's own running time."""
+    if get_settings().concurrency_table is None:
+        raise InvalidConnection(
+            f"connection {spec.connection!r} sets max_concurrent but this deployment has no "
+            "concurrency table (CONCURRENCY_TABLE)"
+        )
+    now = _now()
+    asked_at = queued.submitted_at if queued else now
+    deadline = queued.deadline if queued else asked_at + timedelta(seconds=spec.polling.timeout_seconds)
+    waited = (now - asked_at).total_seconds()
+    if now >= deadline:
+        raise QueryTimedOut(
+            f"job {job_id} waited {waited:.0f}s (polling.timeout_seconds) for one of the "
+            f"{connection.max_concurrent} slots of connection {spec.connection!r} (max_concurrent)"
+        )
+    checks = queued.slot_checks + 1 if queued else 1
+    job = JobState(
+        job_id=job_id,
+        connection=spec.connection,
+        provider=connection.provider,
+        upstream_id=None,
+        status="QUEUED",
+        slot_checks=checks,
+        wait_seconds=next_wait_seconds(
+            spec.polling,
+            checks - 1,
+            seconds_left=(deadline - now).total_seconds(),
+            jitter=random.random,
+        ),
+        submitted_at=asked_at,
+        deadline=deadline,
+        rounds=queued.rounds if queued else 0,
+        continuations=queued.continuations if queued else 0,
+    )
+    if queued is not None:
+        _count_round(job)
+    logger.info(
+        "waiting for a slot",
+        extra={"max_concurrent": connection.max_concurrent, "checks": checks, "waited_seconds": int(waited)},
+    )
+    metrics.add_metric(name="SlotWaits", unit="Count", value=1)
+    return job
+
+
+def _give_back_slot(job: JobState) -> None:
+    """Give the job's slot back; a failure only delays the slot (the next Submit that finds no
+    free slot frees those of ended executions)."""
+    if not job.holds_slot:
+        return
+    _release_slot_quietly(job.job_id, job.connection)
+    job.holds_slot = False
+
+
+def _release_slot_quietly(job_id: str, connection_name: str) -> None:
+    slots = _slots(connection_name)
+    if slots is None:
+        return
+    try:
+        slots.release(job_id)
+    except Exception as error:  # noqa: BLE001 - the job's outcome stands; the slot is freed later
+        logger.warning(
+            "could not give the concurrency slot back",
+            extra={"reason": type(error).__name__, "message": str(error)},
+        )
+
+
+def _count_round(job: JobState) -> None:
+    """One more Wait round ran in this execution: continue as a new execution before the next
+    round would pass the history budget (query_relay.history)."""
+    job.rounds += 1
+    job.continue_as_new = should_continue(job.rounds, get_settings().history_event_limit)
+    job.next_execution = None
+    if job.continue_as_new:
+        job.continuations += 1
+        job.next_execution = continuation_name(job.job_id, job.continuations)
+        job.rounds = 0
+        logger.info(
+            "continuing as a new execution",
+            extra={"next_execution": job.next_execution, "continuations": job.continuations},
+        )
 
 
 def _first_wait_seconds(provider: Provider, spec: JobSpec, submitted_at: datetime) -> int:
@@ -148,6 +264,9 @@ def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[st
     with _provider_for(job.connection) as provider:
         status = watch_upstream(provider, spec.polling, job, hold_seconds=hold)
     job.polls += 1
+    job.continue_as_new, job.next_execution = False, None
+    if job.status != "FINISHED":
+        _count_round(job)
     logger.info(
         "polled",
         extra={
@@ -214,6 +333,7 @@ def fetch(event: dict[str, Any]) -> dict[str, Any]:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             job.result = _land(spec, job, result)
         _release_quietly(provider, job)
+    _give_back_slot(job)
     job.status = "DONE"
     return job.model_dump(mode="json")
 
@@ -285,6 +405,8 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     if job is not None:
         cancelled = _cancel_upstream(job)
         _discard_partial_output(event, job)
+    if job_id and _may_hold_slot(job, connection):
+        _release_slot_quietly(job_id, connection)
     failure = Failure(
         job_id=job_id,
         connection=connection,
@@ -296,6 +418,18 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     logger.warning("job failed", extra={"error": error_name, "cause": cause, "upstream_cancelled": cancelled})
     metrics.add_metric(name="JobsFailed", unit="Count", value=1)
     return failure.model_dump(mode="json")
+
+
+def _may_hold_slot(job: JobState | None, connection_name: str) -> bool:
+    """Whether the job may hold a slot: it says so, or a Submit may have taken one and died."""
+    if job is not None and job.holds_slot:
+        return True
+    if not connection_name or get_settings().concurrency_table is None:
+        return False
+    try:
+        return load_connection(connection_name).max_concurrent is not None
+    except Exception:  # noqa: BLE001 - the connection may be the very thing that failed
+        return False
 
 
 def _provider_name_of(connection_name: str) -> str:

@@ -148,6 +148,7 @@ class _Task:
     id: str | None = None
     stopped_early: bool = False
     deleted: bool = False
+    deleted_at: float | None = None
     changed: threading.Event = field(default_factory=threading.Event)
 
     def state(self, now: float, *, check_expiry: bool = True) -> str:
@@ -173,7 +174,8 @@ class _Task:
         return self.started_at_millis + round((moment - self.started_at) * 1000)
 
     def ended_at(self) -> float:
-        return self.finishes_at if self.fails_at is None else min(self.finishes_at, self.fails_at)
+        ended = self.finishes_at if self.fails_at is None else min(self.finishes_at, self.fails_at)
+        return ended if self.deleted_at is None else min(ended, self.deleted_at)
 
 
 def new_async_id(sequence: int) -> str:
@@ -356,6 +358,7 @@ class EsqlEmulator(EmulatorServer):
         self._credentials = _Credentials(api_key, basic, bearer)
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}
+        self._every_task: list[_Task] = []  # running_intervals()
         self._ended: dict[str, str] = {}  # id -> "deleted" | "expired"
         self._sequence = itertools.count(1)
 
@@ -368,6 +371,12 @@ class EsqlEmulator(EmulatorServer):
             self._forget_expired(now)
             states = {task_id: task.state(now) for task_id, task in self._tasks.items()}
             return {**self._ended, **states}
+
+    def running_intervals(self) -> list[tuple[float, float]]:
+        """When every query so far ran upstream: (started, ended or now) in monotonic seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return [(task.started_at, min(now, task.ended_at())) for task in self._every_task]
 
     # -- dispatch --
 
@@ -505,7 +514,7 @@ class EsqlEmulator(EmulatorServer):
     def _delete(self, async_id: str) -> Response:
         task = self._find(async_id)
         with self._lock:
-            task.deleted = True
+            task.deleted, task.deleted_at = True, time.monotonic()
             self._tasks.pop(async_id, None)
             self._ended[async_id] = "deleted"
         task.changed.set()
@@ -600,6 +609,8 @@ class EsqlEmulator(EmulatorServer):
             finishes_at=now + duration,
             expires_at=now + query_request.keep_alive_seconds,
         )
+        with self._lock:
+            self._every_task.append(task)
         if duration > query_request.wait_seconds:
             with self._lock:
                 fail_after, self.config.fail_running_after = self.config.fail_running_after, None

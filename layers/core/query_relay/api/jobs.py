@@ -9,6 +9,10 @@ A stopped execution runs no Catch state, so cancelling does what Cleanup would h
 the execution's last known job state from its history, hands it to ``workflow.cleanup`` (cancel
 upstream, drop partial output) and sends "Query Failed" with the error ``Cancelled``. The same
 code serves DELETE /queries/{job_id} and executions stopped elsewhere (the console, the CLI).
+
+A long job may continue as new executions (``query_relay.history``): the job id names the first,
+whose output points at the next. Describing and cancelling a job follow that chain to the
+execution that carries the job now; listing shows each job once, under its id.
 """
 
 from __future__ import annotations
@@ -29,13 +33,18 @@ from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, Jo
 from query_relay.api.settings import get_control_settings
 from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidJobSpec
+from query_relay.history import continued_as, is_continuation, latest_execution
 from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import logger
 from query_relay.providers import validate_query
 from query_relay.state import Failure, JobState
 
 if TYPE_CHECKING:
-    from mypy_boto3_stepfunctions.type_defs import DescribeExecutionOutputTypeDef, HistoryEventTypeDef
+    from mypy_boto3_stepfunctions.type_defs import (
+        DescribeExecutionOutputTypeDef,
+        ExecutionListItemTypeDef,
+        HistoryEventTypeDef,
+    )
 
 CANCELLED = "Cancelled"
 # The stop cause the API leaves on an execution it cancels: the console-stop handler skips those.
@@ -101,9 +110,10 @@ def _spec_of(described: DescribeExecutionOutputTypeDef) -> JobSpec | None:
 
 
 def describe_job(job_id: str) -> JobView:
-    described = _describe(job_id)
+    first = _describe(job_id)
+    described = latest_execution(aws.sfn(), first)  # the same execution unless the job continued
     status = described["status"]
-    started, stopped = described["startDate"], described.get("stopDate")
+    started, stopped = first["startDate"], described.get("stopDate")
     view: dict[str, Any] = {
         "job_id": job_id,
         "status": status,
@@ -114,7 +124,7 @@ def describe_job(job_id: str) -> JobView:
         "cause": described.get("cause"),
         "links": links_of(job_id),
     }
-    spec = _spec_of(described)
+    spec = _spec_of(first)
     if spec is not None:
         view["connection"] = spec.connection
     job = None if status == "SUCCEEDED" else _last_job_state(described["executionArn"])
@@ -134,7 +144,11 @@ def describe_job(job_id: str) -> JobView:
 
 
 def list_jobs(status: str | None = None, limit: int = 20, next_token: str | None = None) -> JobPage:
-    """Newest first (the order Step Functions lists executions in)."""
+    """Newest first (the order Step Functions lists executions in), up to ``limit`` per page.
+
+    Executions that are not jobs of their own are left out: a schedule's launcher run, and the
+    continuations of a long job (the job shows once, with the status of its latest execution);
+    with a status filter, a continuation that matches stands for its job."""
     arguments: dict[str, Any] = {
         "stateMachineArn": get_control_settings().state_machine_arn,
         "maxResults": limit,
@@ -148,17 +162,32 @@ def list_jobs(status: str | None = None, limit: int = 20, next_token: str | None
         page = client.list_executions(**arguments)
     except client.exceptions.InvalidToken:
         raise InvalidPageToken("not a next_token of this listing (or it has expired)") from None
-    jobs = [
-        JobSummary(
-            job_id=execution["name"],
-            status=execution["status"],
-            started_at=execution["startDate"],
-            stopped_at=execution.get("stopDate"),
-            links=links_of(execution["name"]),
-        )
-        for execution in page["executions"]
-    ]
+    jobs = [job for execution in page["executions"] if (job := _summary(execution, filtered=bool(status)))]
     return JobPage(jobs=jobs, next_token=page.get("nextToken"))
+
+
+def _summary(execution: ExecutionListItemTypeDef, *, filtered: bool) -> JobSummary | None:
+    """The job an execution of the listing stands for, or None when it stands for none."""
+    name, status, stopped = execution["name"], execution["status"], execution.get("stopDate")
+    started = execution["startDate"]
+    if is_continuation(name):
+        if not filtered:
+            return None  # listed under its job's first execution
+        described = aws.sfn().describe_execution(executionArn=execution["executionArn"])
+        name = str(json.loads(described.get("input") or "{}").get("job", {}).get("job_id", name))
+    elif status == "SUCCEEDED":
+        first = aws.sfn().describe_execution(executionArn=execution["executionArn"])
+        output = json.loads(first.get("output") or "{}")
+        if "schedule" in output:
+            return None  # a schedule's launcher: its run is a job of its own
+        if continued_as(first) is not None:
+            if filtered:
+                return None  # the job's status is its latest execution's, listed by that one
+            latest = latest_execution(aws.sfn(), first)
+            status, stopped = latest["status"], latest.get("stopDate")
+    return JobSummary(
+        job_id=name, status=status, started_at=started, stopped_at=stopped, links=links_of(name)
+    )
 
 
 def read_manifest(bucket: str, key: str) -> Manifest:
@@ -203,7 +232,7 @@ def _describe(job_id: str) -> DescribeExecutionOutputTypeDef:
 
 def cancel_job(job_id: str) -> JobView:
     """Stop the execution, then clean up as its Cleanup state would have (module docstring)."""
-    described = _describe(job_id)
+    described = latest_execution(aws.sfn(), _describe(job_id))
     if described["status"] != "RUNNING":
         raise JobFinished(f"job {job_id!r} is {described['status']}; only a RUNNING job can be cancelled")
     aws.sfn().stop_execution(
@@ -228,9 +257,11 @@ def clean_up_stopped_execution(arn: str, *, cause: str) -> Failure:
     """Cancel the upstream task, drop partial output and announce "Query Failed" (error Cancelled)."""
     client = aws.sfn()
     described = client.describe_execution(executionArn=arn)
+    document = json.loads(described.get("input") or "null")
+    continued = isinstance(document, dict) and "continued_from" in document
     state: dict[str, Any] = {
-        "spec": json.loads(described.get("input") or "null"),
-        "execution": described["name"],
+        "spec": document["spec"] if continued else document,
+        "execution": document["execution"] if continued else described["name"],
         "error": {"Error": CANCELLED, "Cause": cause},
     }
     job = _last_job_state(arn)
@@ -269,7 +300,18 @@ def _last_job_state(arn: str) -> JobState | None:
             return JobState.model_validate(output["job"])
         except (KeyError, TypeError, ValidationError):
             continue  # Submit failed (caught): no $.job yet at this point
-    return None
+    return _job_state_carried_in(arn)
+
+
+def _job_state_carried_in(arn: str) -> JobState | None:
+    """A continuation starts with the job state of the execution before it (its input's ``job``)."""
+    document = json.loads(aws.sfn().describe_execution(executionArn=arn).get("input") or "null")
+    if not isinstance(document, dict) or "continued_from" not in document:
+        return None
+    try:
+        return JobState.model_validate(document["job"])
+    except (KeyError, TypeError, ValidationError):
+        return None
 
 
 def _history_newest_first(arn: str) -> Iterator[HistoryEventTypeDef]:
