@@ -1,5 +1,6 @@
-"""ExecutionStopped Lambda: a door into query_relay.api.jobs.on_execution_aborted, for executions
-stopped outside the API (EventBridge "Step Functions Execution Status Change", status ABORTED)."""
+"""ExecutionStopped Lambda: a door into query_relay.api.jobs.on_execution_ended_without_cleanup, for
+executions stopped outside the API or timed out (EventBridge "Step Functions Execution Status
+Change", status ABORTED or TIMED_OUT): neither runs the machine's Cleanup state."""
 
 from __future__ import annotations
 
@@ -17,5 +18,7 @@ from query_relay.observability import logger, metrics, tracer
 @metrics.log_metrics
 @event_source(data_class=EventBridgeEvent)
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
-    failure = jobs.on_execution_aborted(str(event.detail["executionArn"]))
+    failure = jobs.on_execution_ended_without_cleanup(
+        str(event.detail["executionArn"]), str(event.detail["status"])
+    )
     return {"cleaned_up": failure is not None, "failure": failure.model_dump() if failure else None}

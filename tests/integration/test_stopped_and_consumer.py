@@ -87,6 +87,36 @@ def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel(
         ]
 
 
+def test_an_execution_that_timed_out_is_cleaned_up_and_gives_its_slot_back(
+    esql_emulator: EsqlEmulator,
+) -> None:
+    # Given a job polling a long query on a connection with max_concurrent
+    esql_emulator.config.query_seconds = 60
+    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        connection = esql_connection(esql_emulator) | {"max_concurrent": 1}
+        stack.load_connections({ES_CONNECTION: connection})
+        execution_arn, upstream_id = polling_job(stack, "timed-out-1")
+        # When its execution ends TIMED_OUT (moto cannot wait out the machine's 8-day
+        # TimeoutSeconds: the execution is stopped and the status change says TIMED_OUT)
+        stack.sfn.stop_execution(executionArn=execution_arn, cause="the test ends it")
+        event = aborted_event(stack, execution_arn)
+        event["detail"]["status"] = "TIMED_OUT"
+        answer = invoke(stack, "ExecutionStoppedFunction", event)
+        # Then the upstream task is deleted, the slot is free, and the failure is named QueryTimedOut
+        assert answer["cleaned_up"] is True
+        assert esql_emulator.task_states()[upstream_id] == "deleted"
+        (table,) = stack.template.tables.values()
+        item = stack.client("dynamodb").get_item(
+            TableName=table.name, Key={"connection": {"S": ES_CONNECTION}}
+        )
+        assert item["Item"]["holders"]["M"] == {}
+        failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+        assert [(detail["job_id"], detail["error"]) for detail in failed] == [
+            ("timed-out-1", "QueryTimedOut")
+        ]
+
+
 def test_an_execution_the_api_cancelled_is_not_cleaned_up_twice(esql_emulator: EsqlEmulator) -> None:
     # Given a job the API cancelled (it cleaned up and announced it already)
     esql_emulator.config.query_seconds = 60

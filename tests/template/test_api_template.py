@@ -79,7 +79,10 @@ def test_stopped_executions_and_landed_manifests_trigger_their_functions(resourc
         "Pattern"
     ]
     assert aborted["detail-type"] == ["Step Functions Execution Status Change"]
-    assert aborted["detail"] == {"status": ["ABORTED"], "stateMachineArn": [{"Ref": "QueryStateMachine"}]}
+    assert aborted["detail"] == {
+        "status": ["ABORTED", "TIMED_OUT"],
+        "stateMachineArn": [{"Ref": "QueryStateMachine"}],
+    }
     consumer = resources["ManifestConsumerFunction"]
     assert consumer["Condition"] == "CreateSampleConsumer"
     landed = consumer["Properties"]["Events"]["ManifestLanded"]["Properties"]["Pattern"]

@@ -32,7 +32,7 @@ from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinishe
 from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
 from query_relay.api.settings import get_control_settings
 from query_relay.connections import load_connection
-from query_relay.exceptions import InvalidJobSpec
+from query_relay.exceptions import InvalidJobSpec, QueryTimedOut
 from query_relay.history import continued_as, is_continuation, latest_execution
 from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import logger
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
 
 CANCELLED = "Cancelled"
+QUERY_TIMED_OUT = QueryTimedOut.__name__
 # The stop cause the API leaves on an execution it cancels: the console-stop handler skips those.
 API_CANCEL_CAUSE = "cancelled through the query-relay API"
 # Task states whose output carries the job state ($.job) after they exit.
@@ -242,10 +243,17 @@ def cancel_job(job_id: str) -> JobView:
     return describe_job(job_id)
 
 
-def on_execution_aborted(arn: str) -> Failure | None:
-    """An execution of the query machine was stopped (EventBridge status change): clean up unless
-    the API did it already."""
+def on_execution_ended_without_cleanup(arn: str, status: str) -> Failure | None:
+    """An execution of the query machine was stopped (ABORTED) or ran past its own TimeoutSeconds
+    (TIMED_OUT); neither runs a Catch state (EventBridge status change): clean up, unless the API
+    cancelled it and did so already."""
     described = aws.sfn().describe_execution(executionArn=arn)
+    if status == "TIMED_OUT":
+        return clean_up_stopped_execution(
+            arn,
+            cause="the execution ran past its TimeoutSeconds (statemachine/query.asl.json)",
+            error=QUERY_TIMED_OUT,
+        )
     if (described.get("cause") or "").startswith(API_CANCEL_CAUSE):
         logger.info("cancelled through the API, which cleaned up already")
         return None
@@ -253,8 +261,9 @@ def on_execution_aborted(arn: str) -> Failure | None:
     return clean_up_stopped_execution(arn, cause=f"stopped outside query-relay: {reason}")
 
 
-def clean_up_stopped_execution(arn: str, *, cause: str) -> Failure:
-    """Cancel the upstream task, drop partial output and announce "Query Failed" (error Cancelled)."""
+def clean_up_stopped_execution(arn: str, *, cause: str, error: str = CANCELLED) -> Failure:
+    """Cancel the upstream task, drop partial output, give back the job's slot and announce
+    "Query Failed" (error ``Cancelled``, or ``QueryTimedOut`` for an execution that timed out)."""
     client = aws.sfn()
     described = client.describe_execution(executionArn=arn)
     document = json.loads(described.get("input") or "null")
@@ -262,7 +271,7 @@ def clean_up_stopped_execution(arn: str, *, cause: str) -> Failure:
     state: dict[str, Any] = {
         "spec": document["spec"] if continued else document,
         "execution": document["execution"] if continued else described["name"],
-        "error": {"Error": CANCELLED, "Cause": cause},
+        "error": {"Error": error, "Cause": cause},
     }
     job = _last_job_state(arn)
     if job is not None:
