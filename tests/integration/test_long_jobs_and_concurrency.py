@@ -56,6 +56,14 @@ def capped(emulator: EsqlEmulator, max_concurrent: int) -> dict[str, Any]:
     return esql_connection(emulator) | {"max_concurrent": max_concurrent}
 
 
+def wait_until_continued(stack: LocalStack, job_id: str) -> None:
+    """Wait until the job runs in its first continuation."""
+    deadline = time.monotonic() + 60
+    while len(stack.chain(stack.execution_arn(job_id))) < 2:
+        assert time.monotonic() < deadline, "the job never continued"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def long_job_stack(esql_emulator: EsqlEmulator) -> Iterator[LocalStack]:
     overrides = {"HistoryEventLimit": str(HISTORY_LIMIT), **ROUND_PER_SECOND}
@@ -109,10 +117,7 @@ def test_the_api_shows_a_continued_job_once_under_its_own_id(
     with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
         api.post("/queries", json=job(job_id="api-long")).raise_for_status()
         # While it runs in a continuation, the job is RUNNING under its own id
-        deadline = time.monotonic() + 60
-        while len(stack.chain(stack.execution_arn("api-long"))) < 2:
-            assert time.monotonic() < deadline, "the job never continued"
-            time.sleep(0.2)
+        wait_until_continued(stack, "api-long")
         running = api.get("/queries/api-long").raise_for_status().json()
         assert running["status"] == "RUNNING"
         assert running["upstream_id"]
@@ -135,10 +140,7 @@ def test_cancelling_a_continued_job_stops_its_latest_execution_and_the_upstream_
     esql_emulator.config.query_seconds = 60
     with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
         api.post("/queries", json=job(job_id="cancel-long")).raise_for_status()
-        deadline = time.monotonic() + 60
-        while len(stack.chain(stack.execution_arn("cancel-long"))) < 2:
-            assert time.monotonic() < deadline, "the job never continued"
-            time.sleep(0.2)
+        wait_until_continued(stack, "cancel-long")
         view = api.delete("/queries/cancel-long").raise_for_status().json()
     assert view["status"] == "ABORTED"
     chain = stack.chain(stack.execution_arn("cancel-long"))

@@ -25,13 +25,13 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from botocore.exceptions import ClientError
 
 from query_relay.history import latest_execution
 from query_relay.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import UpdateItemInputTypeDef
     from mypy_boto3_stepfunctions import SFNClient
 
 
@@ -64,17 +64,7 @@ class Slots:
 
     def release(self, job_id: str) -> None:
         """Give the job's slot back (nothing happens if it holds none)."""
-        client = _dynamodb()
-        try:
-            client.update_item(
-                TableName=self.table,
-                Key=self._key,
-                UpdateExpression="REMOVE holders.#job",
-                ConditionExpression="attribute_exists(holders.#job)",
-                ExpressionAttributeNames={"#job": job_id},
-            )
-        except client.exceptions.ConditionalCheckFailedException:
-            return
+        self._remove(job_id, "attribute_exists(holders.#job)", {})
 
     def holders(self) -> dict[str, str]:
         """job id -> execution ARN of every job holding a slot now."""
@@ -83,6 +73,24 @@ class Slots:
         return {job: value["M"]["execution"]["S"] for job, value in holders.items()}
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _remove(self, job_id: str, condition: str, values: dict[str, Any]) -> bool:
+        """Remove the job from the holders if ``condition`` holds; whether it did."""
+        client = _dynamodb()
+        request: UpdateItemInputTypeDef = {
+            "TableName": self.table,
+            "Key": self._key,
+            "UpdateExpression": "REMOVE holders.#job",
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": {"#job": job_id},
+        }
+        if values:  # DynamoDB refuses an empty ExpressionAttributeValues
+            request["ExpressionAttributeValues"] = values
+        try:
+            client.update_item(**request)
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def _try_acquire(self, job_id: str, execution_arn: str, limit: int) -> bool:
         client = _dynamodb()
@@ -113,19 +121,11 @@ class Slots:
         for holder, execution_arn in self.holders().items():
             if holder == job_id or _still_running(execution_arn):
                 continue
-            try:
-                _dynamodb().update_item(
-                    TableName=self.table,
-                    Key=self._key,
-                    UpdateExpression="REMOVE holders.#job",
-                    ConditionExpression="holders.#job.execution = :execution",
-                    ExpressionAttributeNames={"#job": holder},
-                    ExpressionAttributeValues={":execution": {"S": execution_arn}},
-                )
-            except ClientError as error:
-                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
-                continue  # released (or taken again) meanwhile
+            # Only if it still holds the slot through that execution (not released or taken again).
+            if not self._remove(
+                holder, "holders.#job.execution = :execution", {":execution": {"S": execution_arn}}
+            ):
+                continue
             logger.warning(
                 "freed the slot of a job that ended without giving it back",
                 extra={"stale_job_id": holder, "stale_execution": execution_arn},
