@@ -516,8 +516,11 @@ def _as_integration_result(response: Any) -> Any:
 
 
 def _fix_moto_stop_execution() -> None:
-    """Keep StopExecution's ``error`` and ``cause`` (DescribeExecution answers them on AWS; moto
-    5.2 drops them). The console-stop handler tells an API cancel from a console stop by them."""
+    """Make StopExecution act at once, as on AWS: keep its ``error`` and ``cause`` (moto 5.2 drops
+    them; the console-stop handler tells an API cancel from a console stop by them), and mark the
+    execution ABORTED right away (moto's interpreter notices a stop only once the state it is in,
+    e.g. a running Lambda task, has ended, and reports RUNNING until then)."""
+    from moto.stepfunctions.parser.api import ExecutionStatus  # noqa: PLC0415
     from moto.stepfunctions.responses import StepFunctionResponse  # noqa: PLC0415
 
     if getattr(StepFunctionResponse, "_query_relay_fixed", False):
@@ -528,6 +531,9 @@ def _fix_moto_stop_execution() -> None:
         answer = original(self)
         execution = self.stepfunction_backend.describe_execution(self._get_param("executionArn"))
         execution.error, execution.cause = self._get_param("error"), self._get_param("cause")
+        if getattr(execution, "exec_status", None) == ExecutionStatus.RUNNING:
+            execution.exec_status = ExecutionStatus.ABORTED
+            execution.stop_date = datetime.now(UTC)
         return answer
 
     setattr(StepFunctionResponse, "stop_execution", stop_execution)  # noqa: B010 - patching moto

@@ -52,6 +52,13 @@ def slot_holders(stack: LocalStack, connection: str = ES_CONNECTION) -> dict[str
     return holders
 
 
+def wait_until_holding(stack: LocalStack, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while job_id not in slot_holders(stack):
+        assert time.monotonic() < deadline, f"{job_id} never took a slot"
+        time.sleep(0.05)
+
+
 def capped(emulator: EsqlEmulator, max_concurrent: int) -> dict[str, Any]:
     return esql_connection(emulator) | {"max_concurrent": max_concurrent}
 
@@ -197,10 +204,7 @@ def test_a_failed_or_cancelled_job_gives_its_slot_back(esql_emulator: EsqlEmulat
         esql_emulator.config.query_seconds = 60
         with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
             api.post("/queries", json=job(job_id="slow")).raise_for_status()
-            deadline = time.monotonic() + 30
-            while "slow" not in slot_holders(stack):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_until_holding(stack, "slow")
             api.delete("/queries/slow").raise_for_status()
         assert slot_holders(stack) == {}
         # so the next job starts without waiting
@@ -242,6 +246,7 @@ def test_a_job_waiting_for_a_slot_past_its_timeout_fails_query_timed_out(
     with LocalStack() as stack:
         stack.load_connections({ES_CONNECTION: capped(esql_emulator, 1)})
         holder = stack.start_job(job(job_id="holder"))
+        wait_until_holding(stack, "holder")
         polling = {"initial_seconds": 1, "max_seconds": 1, "timeout_seconds": 4}
         waiting = job(job_id="waiting", polling=polling)
         final = stack.wait(stack.start_job(waiting), timeout=60)
@@ -259,7 +264,7 @@ def test_a_queued_job_continues_as_new_while_it_waits_for_a_slot(esql_emulator: 
     with LocalStack(parameter_overrides=overrides) as stack:
         stack.load_connections({ES_CONNECTION: capped(esql_emulator, 1)})
         first = stack.start_job(job(job_id="first"))
-        time.sleep(0.5)
+        wait_until_holding(stack, "first")
         second = stack.start_job(job(job_id="second"))
         # When both run to their end
         assert stack.wait(first, timeout=120)["status"] == "SUCCEEDED"

@@ -117,6 +117,40 @@ def test_an_execution_that_timed_out_is_cleaned_up_and_gives_its_slot_back(
         ]
 
 
+def test_an_execution_stopped_while_submit_runs_has_its_upstream_task_cancelled_by_submit(
+    esql_emulator: EsqlEmulator,
+) -> None:
+    # Given a Submit that waits 3 s inline for a long query, on a connection with max_concurrent
+    esql_emulator.config.query_seconds = 60
+    with LocalStack(parameter_overrides={"SubmitWaitSeconds": "3"}) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator) | {"max_concurrent": 1}})
+        spec = {
+            "job_id": "stopped-in-submit",
+            "connection": ES_CONNECTION,
+            "query": {"query": "FROM employees"},
+        }
+        execution_arn = stack.start_job(spec)
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while not esql_emulator.running_intervals():  # the query reached the upstream, which holds it 3 s
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # When the execution is stopped before Submit returns (so no job state is recorded anywhere)
+        stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
+        # Then Submit, on its way out, sees that and cancels the upstream task and frees the slot
+        (table,) = stack.template.tables.values()
+        key = {"connection": {"S": ES_CONNECTION}}
+
+        def undone() -> bool:
+            holders = stack.client("dynamodb").get_item(TableName=table.name, Key=key)["Item"]["holders"]["M"]
+            return list(esql_emulator.task_states().values()) == ["deleted"] and holders == {}
+
+        while not undone():
+            assert time.monotonic() < deadline, esql_emulator.task_states()
+            time.sleep(0.1)
+        assert stack.sfn.describe_execution(executionArn=execution_arn)["status"] == "ABORTED"
+        assert any("the execution ended while Submit ran" in line for line in stack.logs)
+
+
 def test_an_execution_the_api_cancelled_is_not_cleaned_up_twice(esql_emulator: EsqlEmulator) -> None:
     # Given a job the API cancelled (it cleaned up and announced it already)
     esql_emulator.config.query_seconds = 60

@@ -21,28 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
-
-from query_relay.history import latest_execution
+from query_relay import aws
+from query_relay.history import still_running
 from query_relay.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import UpdateItemInputTypeDef
-    from mypy_boto3_stepfunctions import SFNClient
-
-
-@cache
-def _dynamodb() -> DynamoDBClient:
-    return boto3.client("dynamodb")
-
-
-@cache
-def _sfn() -> SFNClient:
-    return boto3.client("stepfunctions")
 
 
 @dataclass(frozen=True)
@@ -68,15 +54,15 @@ class Slots:
 
     def holders(self) -> dict[str, str]:
         """job id -> execution ARN of every job holding a slot now."""
-        item = _dynamodb().get_item(TableName=self.table, Key=self._key, ConsistentRead=True).get("Item", {})
-        holders = item.get("holders", {}).get("M", {})
+        answer = aws.dynamodb().get_item(TableName=self.table, Key=self._key, ConsistentRead=True)
+        holders = answer.get("Item", {}).get("holders", {}).get("M", {})
         return {job: value["M"]["execution"]["S"] for job, value in holders.items()}
 
     # --- internals ---------------------------------------------------------------------------
 
     def _remove(self, job_id: str, condition: str, values: dict[str, Any]) -> bool:
         """Remove the job from the holders if ``condition`` holds; whether it did."""
-        client = _dynamodb()
+        client = aws.dynamodb()
         request: UpdateItemInputTypeDef = {
             "TableName": self.table,
             "Key": self._key,
@@ -93,7 +79,7 @@ class Slots:
         return True
 
     def _try_acquire(self, job_id: str, execution_arn: str, limit: int) -> bool:
-        client = _dynamodb()
+        client = aws.dynamodb()
         # The map must exist before a path inside it can be set.
         client.update_item(
             TableName=self.table,
@@ -119,7 +105,7 @@ class Slots:
         """Free the slots of jobs whose executions have ended; whether any was freed."""
         freed = False
         for holder, execution_arn in self.holders().items():
-            if holder == job_id or _still_running(execution_arn):
+            if holder == job_id or still_running(aws.sfn(), execution_arn):
                 continue
             # Only if it still holds the slot through that execution (not released or taken again).
             if not self._remove(
@@ -132,12 +118,3 @@ class Slots:
             )
             freed = True
         return freed
-
-
-def _still_running(execution_arn: str) -> bool:
-    client = _sfn()
-    try:
-        described = client.describe_execution(executionArn=execution_arn)
-    except client.exceptions.ExecutionDoesNotExist:
-        return False
-    return latest_execution(client, described)["status"] == "RUNNING"

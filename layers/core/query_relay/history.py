@@ -84,3 +84,12 @@ def latest_execution(
             return described
         described = client.describe_execution(executionArn=arn)
     raise RuntimeError(f"more than {MAX_CHAIN} continuations from {described['executionArn']}")
+
+
+def still_running(client: SFNClient, execution_arn: str) -> bool:
+    """Whether the job of this execution still runs (in it, or in a continuation of it)."""
+    try:
+        described = client.describe_execution(executionArn=execution_arn)
+    except client.exceptions.ExecutionDoesNotExist:
+        return False
+    return latest_execution(client, described)["status"] == "RUNNING"

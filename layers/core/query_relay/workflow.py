@@ -12,15 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
-
+from query_relay import aws
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError
-from query_relay.history import continuation_name, should_continue
+from query_relay.history import continuation_name, should_continue, still_running
 from query_relay.models import Connection, JobSpec, Manifest, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
@@ -37,20 +35,15 @@ from query_relay.settings import get_settings
 from query_relay.state import Failure, JobState, ResultPointer
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    pass
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
 
 
-@cache
-def _s3() -> S3Client:
-    return boto3.client("s3")
-
-
 def _writer() -> ResultWriter:
     settings = get_settings()
-    return ResultWriter(_s3(), settings.results_bucket, part_max_bytes=settings.part_max_bytes)
+    return ResultWriter(aws.s3(), settings.results_bucket, part_max_bytes=settings.part_max_bytes)
 
 
 def _now() -> datetime:
@@ -133,7 +126,34 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
         provider.close()
     metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
     logger.info("submitted", extra={"status": job.status, "provider": job.provider})
+    _undo_if_stopped_meanwhile(event, job)
     return job.model_dump(mode="json")
+
+
+def _undo_if_stopped_meanwhile(event: dict[str, Any], job: JobState) -> None:
+    """An execution stopped while its Submit ran gets no Cleanup, and the console-stop handler
+    finds no job state to clean up: so Submit looks once it has started the task, and if its
+    execution has ended meanwhile, undoes what it did (cancels the upstream task, removes a result
+    the fast path landed, gives the slot back)."""
+    execution_arn = event.get("execution_arn")
+    if not isinstance(execution_arn, str):
+        return
+    try:
+        running = still_running(aws.sfn(), execution_arn)
+    except Exception as error:  # noqa: BLE001 - the job goes on; only the undo is skipped
+        logger.warning("could not check the execution", extra={"reason": type(error).__name__})
+        return
+    if running:
+        return
+    logger.warning("the execution ended while Submit ran: undoing what Submit started")
+    cleanup(
+        {
+            "spec": event["spec"],
+            "execution": event.get("execution"),
+            "job": job.model_dump(mode="json"),
+            "error": {"Error": "Cancelled", "Cause": "the execution ended while Submit ran"},
+        }
+    )
 
 
 def _queued_job(event: dict[str, Any]) -> JobState | None:

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from query_relay import workflow
-from query_relay.api import aws
+from query_relay import aws, workflow
 from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinished, JobNotFound
 from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
 from query_relay.api.settings import get_control_settings

@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from query_relay.api import aws
+from query_relay import aws
 from query_relay.api.exceptions import InvalidPageToken, InvalidSchedule, ScheduleConflict, ScheduleNotFound
 from query_relay.api.jobs import validate_job
 from query_relay.api.models import SchedulePage, ScheduleRequest, ScheduleSummary, ScheduleView

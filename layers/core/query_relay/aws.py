@@ -1,4 +1,4 @@
-"""boto3 clients of the control plane, created once per container (the stack's caches reset them)."""
+"""boto3 clients, created once per container (the local stack empties these caches like a cold start)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
@@ -36,3 +37,8 @@ def events() -> EventBridgeClient:
 @cache
 def scheduler() -> EventBridgeSchedulerClient:
     return boto3.client("scheduler", config=_RETRIES)
+
+
+@cache
+def dynamodb() -> DynamoDBClient:
+    return boto3.client("dynamodb", config=_RETRIES)
