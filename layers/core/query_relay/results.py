@@ -16,11 +16,13 @@ import csv
 import hashlib
 import io
 import json
+import math
 import mimetypes
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -162,21 +164,18 @@ class ResultWriter:
         encoder: _RowEncoder = (
             _CsvEncoder(result.columns) if output.format == "csv" else _JsonLinesEncoder(result.columns)
         )
-        rows = iter(result.rows)
-        next_row = next(rows, None)
+        rows = _RowSource(result.rows)
         objects: list[ObjectEntry] = []
         # Part 00000 is written even for zero rows: consumers always find at least one object.
         while True:
-            part_rows = rows if next_row is None else _prepend(next_row, rows)
             tally = _PartTally()
-            batches = _encoded_batches(part_rows, encoder, self._part_max_bytes, tally)
+            batches = _encoded_batches(rows, encoder, self._part_max_bytes, tally)
             key = _part_key(prefix, len(objects), output.format, output.compression)
             stream = _PartStream(batches, gzip=output.compression == "gzip")
             content_type = _CONTENT_TYPES["jsonl"] if output.format == "jsonl" else "text/csv"
             self._upload(transfer, key, stream, content_type)
             objects.append(_object_entry(key, tally.rows, stream))
-            next_row = next(rows, None)
-            if next_row is None:
+            if rows.exhausted():
                 return objects
 
     def _write_native(
@@ -246,12 +245,32 @@ def _object_entry(key: str, rows: int, stream: _PartStream) -> ObjectEntry:
     return entry
 
 
-def _prepend(first: Sequence[Any], rest: Iterator[Sequence[Any]]) -> Iterator[Sequence[Any]]:
-    yield first
-    # Not ``yield from``: when a full part drops this generator, ``yield from`` would close ``rest``
-    # too, and a provider's row generator (a streamed answer) would end with the first part.
-    for row in rest:  # noqa: UP028
-        yield row
+class _RowSource:
+    """A provider's rows, taken a batch at a time; rows taken but not written (those after the row
+    that filled a part) are put back for the next part. The provider's iterator is never closed
+    here: a streamed answer must outlive the part that dropped its batches."""
+
+    def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
+        self._rows = iter(rows)
+        self._put_back: list[Sequence[Any]] = []
+
+    def take(self, count: int) -> list[Sequence[Any]]:
+        """Up to ``count`` rows (fewer only at the end)."""
+        if self._put_back:
+            batch, self._put_back = self._put_back[:count], self._put_back[count:]
+            if len(batch) < count:
+                batch += islice(self._rows, count - len(batch))
+            return batch
+        return list(islice(self._rows, count))
+
+    def put_back(self, rows: list[Sequence[Any]]) -> None:
+        self._put_back = rows + self._put_back
+
+    def exhausted(self) -> bool:
+        if self._put_back:
+            return False
+        self._put_back = list(islice(self._rows, 1))
+        return not self._put_back
 
 
 # --- encoding rows -------------------------------------------------------------------------------
@@ -260,7 +279,9 @@ def _prepend(first: Sequence[Any], rest: Iterator[Sequence[Any]]) -> Iterator[Se
 class _RowEncoder(Protocol):
     def header(self) -> bytes: ...
 
-    def encode(self, row: Sequence[Any]) -> bytes: ...
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        """The records of ``rows``, in order: the same bytes as encoding each row on its own."""
+        ...
 
 
 # One encoder instance: json.dumps with options builds a new encoder on every call.
@@ -281,6 +302,12 @@ def _json_chunker() -> Callable[[Any, int], Iterable[str]]:
 
 
 _json_chunks = _json_chunker()
+# How _COMPACT_JSON spells a string (quoted and escaped; non-ASCII kept as it is).
+_json_string: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+)
+_JSON_CONSTANTS = {True: "true", False: "false", None: "null"}
+_CONSTANT_TYPES = frozenset({bool, type(None)})
 
 
 def _encode_json(value: Any) -> str:
@@ -288,29 +315,75 @@ def _encode_json(value: Any) -> str:
     return "".join(_json_chunks(value, 0))
 
 
+def _json_texts(values: tuple[Any, ...]) -> Iterator[str]:
+    """The JSON text of each value (as ``_encode_json`` gives it), by C functions only. A column
+    of one plain type is spelt by that type's own function (what the C encoder calls for it);
+    anything else goes through the C encoder value by value."""
+    kinds = set(map(type, values))
+    if len(kinds) == 1:
+        kind = next(iter(kinds))
+        if kind is str:
+            return map(_json_string, values)
+        if kind is int:
+            return map(int.__repr__, values)
+        # NaN and infinities are spelt differently by JSON (a sum that overflows only costs the fast path).
+        if kind is float and math.isfinite(sum(values)):
+            return map(float.__repr__, values)
+    if kinds <= _CONSTANT_TYPES:
+        return map(_JSON_CONSTANTS.__getitem__, values)
+    return map("".join, map(_json_chunks, values, repeat(0)))
+
+
+def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
+    if set(map(len, rows)) - {width}:
+        wrong = next(len(row) for row in rows if len(row) != width)
+        raise ValueError(f"a row has {wrong} values for {width} columns")
+
+
 class _JsonLinesEncoder:
-    """One JSON object per row, keyed by column name, newline-terminated."""
+    """One JSON object per row, keyed by column name, newline-terminated: exactly what
+    ``_encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch at a time and column by
+    column. The keys are spelt once; each column's values are spelt by C functions (one per
+    column type); the lines are assembled by a single join. No Python code runs per row."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
-        self._names = [column.name for column in columns]
+        names = [column.name for column in columns]
+        self._width = len(names)
+        # As dict(zip(names, row)) has it: a repeated name once, where it first appears, with the
+        # value of its last column.
+        last_column = {name: index for index, name in enumerate(names)}
+        self._fields = [
+            ("," if position else "{") + _json_string(name) + ":" for position, name in enumerate(last_column)
+        ]
+        self._columns = list(last_column.values())
 
     def header(self) -> bytes:
         return b""
 
-    def encode(self, row: Sequence[Any]) -> bytes:
-        # _encode_json inlined: one Python call less per row of a large result.
-        return ("".join(_json_chunks(dict(zip(self._names, row, strict=True)), 0)) + "\n").encode()
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        _check_widths(rows, self._width)
+        if not self._fields:
+            return b"{}\n" * len(rows)
+        values = list(zip(*rows, strict=True))  # one tuple per column
+        pieces: list[Iterable[str]] = []
+        for field, column in zip(self._fields, self._columns, strict=True):
+            pieces += (repeat(field), _json_texts(values[column]))
+        pieces.append(repeat("}\n"))
+        # zip(*pieces) gives each row's pieces in order; it ends with the values.
+        return "".join(chain.from_iterable(zip(*pieces, strict=False))).encode()
 
 
-class _LastWrite:
-    """The file csv.writer writes to: it keeps the one string a writerow produces."""
+class _Lines:
+    """The file csv.writer writes to: it keeps the records written since the last ``take``."""
 
     def __init__(self) -> None:
-        self.text = ""
+        self._texts: list[str] = []
+        self.write = self._texts.append
 
-    def write(self, text: str) -> int:
-        self.text = text
-        return len(text)
+    def take(self) -> bytes:
+        text = "".join(self._texts)
+        self._texts.clear()
+        return text.encode()
 
 
 class _CsvEncoder:
@@ -318,27 +391,31 @@ class _CsvEncoder:
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self._names = [column.name for column in columns]
-        self._line = _LastWrite()
-        self._writer = csv.writer(self._line)
+        self._lines = _Lines()
+        self._writer = csv.writer(self._lines)
 
     def header(self) -> bytes:
-        return self._record(self._names)
+        self._writer.writerow(self._names)
+        return self._lines.take()
 
-    def encode(self, row: Sequence[Any]) -> bytes:
-        if len(row) != len(self._names):
-            raise ValueError(f"a row has {len(row)} values for {len(self._names)} columns")
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        _check_widths(rows, len(self._names))
         # Most values are written as they are; checking their types in C first saves a call per value.
-        if _CSV_AS_IS.issuperset(map(type, row)):
-            return self._record(row)
-        return self._record([value if type(value) in _CSV_AS_IS else _csv_field(value) for value in row])
-
-    def _record(self, fields: Iterable[Any]) -> bytes:
-        self._writer.writerow(fields)
-        return self._line.text.encode()
+        if _CSV_AS_IS.issuperset(map(type, chain.from_iterable(rows))):
+            self._writer.writerows(rows)
+        else:
+            self._writer.writerows(map(_csv_fields, rows))
+        return self._lines.take()
 
 
 # Types csv writes the way the CSV format of this project spells them (bool is not int here).
 _CSV_AS_IS = frozenset({str, int, float, type(None)})
+
+
+def _csv_fields(row: Sequence[Any]) -> Sequence[Any]:
+    if _CSV_AS_IS.issuperset(map(type, row)):
+        return row
+    return [value if type(value) in _CSV_AS_IS else _csv_field(value) for value in row]
 
 
 def _csv_field(value: Any) -> Any:
@@ -356,32 +433,52 @@ class _PartTally:
     uncompressed_bytes: int = 0
 
 
+# Rows are taken and encoded in batches of up to this many (sized to about _ENCODE_BATCH_BYTES from
+# the rows seen so far): a batch's rows are in memory at once, as a provider's decoded chunk is.
+_FIRST_BATCH_ROWS = 16
+_MAX_BATCH_ROWS = 256
+
+
 def _encoded_batches(
-    rows: Iterator[Sequence[Any]], encoder: _RowEncoder, part_max_bytes: int, tally: _PartTally
+    rows: _RowSource, encoder: _RowEncoder, part_max_bytes: int, tally: _PartTally
 ) -> Iterator[bytes]:
-    """The encoded bytes of one part, in batches; stops after the row that fills the part, leaving
-    the rest of ``rows`` for the next part."""
-    # Locals, not the tally's attributes, in the loop: it runs once per row of a large result.
+    """The encoded bytes of one part, in batches; stops after the row that fills the part, putting
+    the rest of the rows taken back for the next part."""
     encode = encoder.encode
-    batch = [encoder.header()]
-    part_bytes = batch_bytes = len(batch[0])
-    part_rows = 0
-    for row in rows:
-        line = encode(row)
-        batch.append(line)
-        size = len(line)
-        batch_bytes += size
-        part_bytes += size
-        part_rows += 1
-        if part_bytes >= part_max_bytes:
+    header = encoder.header()
+    part_bytes, part_rows = len(header), 0
+    if header:
+        tally.uncompressed_bytes = part_bytes
+        yield header
+    count = _FIRST_BATCH_ROWS
+    while batch := rows.take(count):
+        data = encode(batch)
+        if part_bytes + len(data) >= part_max_bytes:
+            data, used = _filling(encode, batch, part_max_bytes - part_bytes)
+            rows.put_back(batch[used:])
+            tally.rows, tally.uncompressed_bytes = part_rows + used, part_bytes + len(data)
+            yield data
+            return
+        part_bytes += len(data)
+        part_rows += len(batch)
+        tally.rows, tally.uncompressed_bytes = part_rows, part_bytes
+        yield data
+        # Doubling at most: a run of much larger rows shrinks the next batch at once.
+        count = max(1, min(2 * count, _MAX_BATCH_ROWS, _ENCODE_BATCH_BYTES * len(batch) // len(data)))
+
+
+def _filling(
+    encode: Callable[[Sequence[Sequence[Any]]], bytes], batch: list[Sequence[Any]], room: int
+) -> tuple[bytes, int]:
+    """The records of ``batch`` up to the one that fills ``room`` bytes, and how many they are."""
+    records: list[bytes] = []
+    size = 0
+    for row in batch:
+        records.append(encode([row]))
+        size += len(records[-1])
+        if size >= room:
             break
-        if batch_bytes >= _ENCODE_BATCH_BYTES:
-            tally.rows, tally.uncompressed_bytes = part_rows, part_bytes
-            yield b"".join(batch)
-            batch.clear()
-            batch_bytes = 0
-    tally.rows, tally.uncompressed_bytes = part_rows, part_bytes
-    yield b"".join(batch)
+    return b"".join(records), len(records)
 
 
 # --- the file-like object s3transfer reads a part from -------------------------------------------

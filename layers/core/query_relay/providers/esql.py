@@ -142,6 +142,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 # A row that fails to decode this close to the end of the text read so far may only be cut short.
 _CUT_SHORT_MARGIN = 8
+# At most this many chunks are read row by row after a block of rows failed to decode whole.
+_MAX_SKIPPED_BLOCKS = 15
 
 
 class _RowText:
@@ -159,6 +161,10 @@ class _RowText:
         # A row cut short ends with a "]" yet to come: until one arrives, decoding it again is
         # pointless (a multi-valued field many chunks long would otherwise be decoded per chunk).
         self._cut_short = False
+        # Whole blocks of rows are decoded in one scan (see _read_block); after a block that could
+        # not be, the next few chunks go row by row.
+        self._block_misses = 0
+        self._skip_blocks = 0
         self.done = False
         self.rest = b""  # the bytes after the closing "]" once done
 
@@ -184,6 +190,8 @@ class _RowText:
         # ijson spells an escaped surrogate without its pair "?"; json keeps it (and UTF-8 cannot).
         surrogates = "\\ud" in text or "\\uD" in text
         count = 0
+        if rows is not None and self._expect_row:
+            count, pos = self._read_block(text, pos, rows, surrogates=surrogates)
         while True:
             if pos < end and text[pos] in " \t\n\r":
                 blank = whitespace(text, pos)
@@ -225,6 +233,37 @@ class _RowText:
             pos, self._expect_row, self._first, self._cut_short = after, False, False, False
         self._pos = pos
         return count
+
+    def _read_block(self, text: str, pos: int, rows: list[list[Any]], *, surrogates: bool) -> tuple[int, int]:
+        """Decode every row that ends before the last ``],[`` of the text in one scan of the C
+        scanner (no Python code per row): (rows decoded, position after them). The text up to that
+        ``]`` is a prefix of the array's content, so wrapped in brackets it decodes completely only
+        if it ends exactly at the end of a row: cut inside a string or inside a nested array, it
+        decodes to an error or stops short, and the rows are read one by one instead (which also
+        words any error in the text). (0, pos) when nothing was decoded here."""
+        if self._skip_blocks:
+            self._skip_blocks -= 1
+            return 0, pos
+        cut = text.rfind("],[", pos)
+        if cut < 0:
+            return 0, pos
+        wrapped = "[" + text[pos : cut + 1] + "]"
+        try:
+            block, after = _scan_row(wrapped, 0)
+            complete = after == len(wrapped) and set(map(type, block)) == {list}
+        except (ValueError, StopIteration, RecursionError):
+            complete = False
+        if not complete:
+            # Cut inside a row (adjacent multi-valued fields) or an error: back off for a while.
+            self._block_misses += 1
+            self._skip_blocks = min(2**self._block_misses - 1, _MAX_SKIPPED_BLOCKS)
+            return 0, pos
+        self._block_misses = 0
+        if surrogates:
+            block = [_without_lone_surrogates(row) for row in block]
+        rows += block
+        self._expect_row, self._first, self._cut_short = False, False, False
+        return len(block), cut + 1
 
     def _finish_values(self, text: str, after: int) -> None:
         self.done = True

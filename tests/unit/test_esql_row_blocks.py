@@ -1,0 +1,97 @@
+"""Rows decoded a block at a time (one scan per chunk) are the rows decoded one by one.
+
+A block ends at the last ``],[`` of the text read so far; that may be inside a string or between
+two multi-valued fields of one row, and then the rows must still come out whole and in order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from query_relay.exceptions import UpstreamProtocolError
+from query_relay.providers.esql import _AnswerReader, _RowText
+
+COLUMNS = [{"name": name, "type": "keyword"} for name in ("a", "b", "c", "d")]
+
+TRICKY_ROWS: list[list[Any]] = [
+    ["plain", 1, 1.5, None],
+    ["a string with ],[ inside", "and ]]],[[[ more", "],", "[,]"],
+    [["x", "y"], ["z"], ["],["], []],  # adjacent multi-valued fields: a ],[ inside the row
+    [{"k": [[1], [2]]}, [[3], [4]], "ünïcødé ✓ 日本", '\\ back\\slash "q" \n'],
+    [18446744073709551615, -0.0, 1e300, True],
+    [None, None, None, None],
+    [["]"], ["["], [["],["]], "end"],
+]
+
+
+def answer(rows: list[list[Any]], *, indent: int | None = None) -> bytes:
+    document = {"id": "x", "is_running": False, "columns": COLUMNS, "values": rows, "took": 1}
+    document["_clusters"] = {"details": [[1], [2]]}  # a ],[ after the values
+    return json.dumps(document, indent=indent, ensure_ascii=False).encode()
+
+
+def read_rows(document: bytes, chunk_size: int) -> list[list[Any]]:
+    reader = _AnswerReader("esql fetch on connection 'test'", keep_rows=True)
+    rows: list[list[Any]] = []
+    for start in range(0, len(document), chunk_size):
+        rows += reader.feed(document[start : start + chunk_size])
+    reader.finish()
+    return rows
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 17, 64, 333, 4096, 1 << 20])
+@pytest.mark.parametrize("indent", [None, 1])
+def test_rows_with_brackets_everywhere_are_the_same_for_every_chunking(
+    chunk_size: int, indent: int | None
+) -> None:
+    rows = TRICKY_ROWS * 40
+    assert read_rows(answer(rows, indent=indent), chunk_size) == rows
+
+
+def test_a_chunk_of_whole_rows_is_decoded_as_one_block() -> None:
+    text = b'["a",1],["b",[2,3]],["c",[4],[5]],["d"'
+    row_text = _RowText()
+    rows: list[list[Any]] = []
+    assert row_text.feed(text, rows) == 3
+    assert rows == [["a", 1], ["b", [2, 3]], ["c", [4], [5]]]
+    assert row_text.feed(b',"e"]]', rows) == 1
+    assert rows[-1] == ["d", "e"]
+    assert row_text.done
+
+
+def test_a_block_cut_between_two_multi_valued_fields_falls_back_to_row_by_row() -> None:
+    row_text = _RowText()
+    rows: list[list[Any]] = []
+    # the last ],[ is inside the third row
+    assert row_text.feed(b'["a"],["b"],["c",[1],[2', rows) == 2
+    assert rows == [["a"], ["b"]]
+    assert row_text.feed(b"]]]", rows) == 1
+    assert rows[-1] == ["c", [1], [2]]
+
+
+def test_lone_escaped_surrogates_in_a_block_become_question_marks() -> None:
+    rows = read_rows(answer([["\\ud800"], ["x"]]).replace(b"\\\\ud800", b"\\ud800"), 1 << 20)
+    assert rows == [["?"], ["x"]]
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (b'[["a"],NaN,["b"],["c"]]', "NaN is not a JSON value"),
+        (b'[["a"],[NaN],["b"],["c"]]', "NaN is not a JSON value"),
+        (b'[["a"],[1e999],["b"],["c"]]', "numeric (floating point) overflow"),
+        (b'[["a"],7,["b"],["c"]]', "something other than rows (number)"),
+        (b'[["a"],{"k":1},["b"],["c"]]', "something other than rows (start_map)"),
+        (b'[["a"] ["b"],["c"]]', "Expecting ',' delimiter"),
+    ],
+)
+@pytest.mark.parametrize("chunk_size", [3, 1 << 20])
+def test_an_error_inside_a_block_is_worded_as_row_by_row(
+    values: bytes, problem: str, chunk_size: int
+) -> None:
+    document = b'{"is_running":false,"columns":[{"name":"a","type":"keyword"}],"values":' + values + b"}"
+    with pytest.raises(UpstreamProtocolError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        read_rows(document, chunk_size)

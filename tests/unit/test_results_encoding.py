@@ -1,0 +1,283 @@
+"""The batch encoders write exactly the bytes of the row-by-row encoding they replaced.
+
+jsonl: ``json.dumps(dict(zip(names, row, strict=True)), separators=(",", ":"), ensure_ascii=False,
+default=str) + "\\n"`` per row, UTF-8. csv: ``csv.writer.writerow`` per row, booleans and nested
+values spelt as JSON. Parts roll right after the row that fills them, whatever the batch sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import hypothesis
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from query_relay.models import Column
+from query_relay.results import (
+    _CsvEncoder,
+    _encoded_batches,
+    _JsonLinesEncoder,
+    _PartTally,
+    _RowEncoder,
+    _RowSource,
+)
+
+SETTINGS = hypothesis.settings(max_examples=300, derandomize=True, database=None, deadline=None)
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Name(enum.StrEnum):
+    ALICE = "alice"
+
+
+class Ratio(float):
+    pass
+
+
+def columns(*names: str) -> list[Column]:
+    return [Column(name=name, type="keyword") for name in names]
+
+
+def jsonl_row_by_row(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """What the writer wrote before rows were encoded in batches."""
+    return b"".join(
+        (
+            json.dumps(
+                dict(zip(names, row, strict=True)), separators=(",", ":"), ensure_ascii=False, default=str
+            )
+            + "\n"
+        ).encode()
+        for row in rows
+    )
+
+
+def csv_row_by_row(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    def field(value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list | dict):
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+        return value
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([field(value) for value in row])
+    return text.getvalue().encode()
+
+
+TRICKY_COLUMNS: dict[str, list[Any]] = {
+    "text": [
+        "plain",
+        "",
+        'q"uote',
+        "back\\slash",
+        "new\nline\ttab\r",
+        "\x00\x1f\x7f",
+        "Zoë 日本語 🎉",
+        "\u2028",
+    ],
+    "ints": [0, -1, 2**63, -(2**70), 10**40, 7, 1, 42],
+    "floats": [0.0, -0.0, 1.5, 1e-300, 1e300, 5e-324, 0.1 + 0.2, -2.5e16],
+    "non_finite": [math.nan, math.inf, -math.inf, 1.0, 2.0, 3.0, 4.0, 5.0],
+    "overflowing_sum": [1e308, 1e308, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    "bools": [True, False, True, True, False, False, True, False],
+    "nulls": [None] * 8,
+    "bools_and_nulls": [True, None, False, None, None, True, False, None],
+    "ints_and_bools": [1, True, 0, False, 2, 3, 4, 5],
+    "ints_and_floats": [1, 1.0, 2, 2.5, 3, 3.5, 4, 4.5],
+    "text_and_nulls": ["a", None, "b", None, "", None, "c", None],
+    "nested": [
+        [1, "a"],
+        {"k": [None, {"d": 1.5}]},
+        [],
+        {},
+        [True, [False]],
+        {"é": "日"},
+        [1e300],
+        {"": None},
+    ],
+    "subclasses": [Level.LOW, Name.ALICE, Ratio(2.5), Ratio(math.inf), Level.LOW, Name.ALICE, Ratio(0.5), 3],
+    "others": [
+        datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        date(2024, 5, 1),
+        Decimal("1.10"),
+        b"bytes",
+        (1, 2),
+        {"when": datetime(2024, 1, 1, tzinfo=UTC)},
+        1 + 2j,
+        None,
+    ],
+}
+
+
+def tricky_rows() -> tuple[list[str], list[list[Any]]]:
+    names = list(TRICKY_COLUMNS)
+    return names, [list(values) for values in zip(*TRICKY_COLUMNS.values(), strict=True)]
+
+
+# --- jsonl ---------------------------------------------------------------------------------------
+
+
+def test_jsonl_batch_is_what_json_dumps_wrote_row_by_row_for_tricky_values() -> None:
+    names, rows = tricky_rows()
+    encoder = _JsonLinesEncoder(columns(*names))
+    assert encoder.encode(rows) == jsonl_row_by_row(names, rows)
+    # and each row alone, and any split of the batch, gives the same bytes
+    assert b"".join(encoder.encode([row]) for row in rows) == jsonl_row_by_row(names, rows)
+    assert encoder.encode(rows[:3]) + encoder.encode(rows[3:]) == jsonl_row_by_row(names, rows)
+
+
+@pytest.mark.parametrize("name", list(TRICKY_COLUMNS))
+def test_jsonl_batch_of_one_tricky_column_is_what_json_dumps_wrote(name: str) -> None:
+    rows = [[value] for value in TRICKY_COLUMNS[name]]
+    assert _JsonLinesEncoder(columns(name)).encode(rows) == jsonl_row_by_row([name], rows)
+
+
+def test_jsonl_repeated_column_names_keep_the_first_place_and_the_last_value() -> None:
+    names = ["a", "b", "a", "c", "b"]
+    rows: list[list[Any]] = [[1, 2, 3, 4, 5], ["x", None, "y", True, 2.5]]
+    encoded = _JsonLinesEncoder(columns(*names)).encode(rows)
+    assert encoded == jsonl_row_by_row(names, rows)
+    assert encoded.splitlines()[0] == b'{"a":3,"b":5,"c":4}'
+
+
+def test_jsonl_column_names_are_escaped_as_json_keys() -> None:
+    names = ['q"uote', "new\nline", "日本", "%s", "{}", ""]
+    rows = [[1, 2, 3, 4, 5, 6]]
+    assert _JsonLinesEncoder(columns(*names)).encode(rows) == jsonl_row_by_row(names, rows)
+
+
+def test_jsonl_without_columns_writes_empty_objects() -> None:
+    assert _JsonLinesEncoder([]).encode([[], []]) == jsonl_row_by_row([], [[], []]) == b"{}\n{}\n"
+
+
+def test_jsonl_a_lone_surrogate_fails_as_it_did() -> None:
+    # json.dumps keeps it; UTF-8 cannot encode it (providers replace them before rows get here)
+    with pytest.raises(UnicodeEncodeError):
+        jsonl_row_by_row(["t"], [["\ud800"]])
+    with pytest.raises(UnicodeEncodeError):
+        _JsonLinesEncoder(columns("t")).encode([["\ud800"]])
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_a_row_of_the_wrong_width_is_an_error_in_any_position(width: int) -> None:
+    for encoder in (_JsonLinesEncoder(columns("a", "b")), _CsvEncoder(columns("a", "b"))):
+        with pytest.raises(ValueError, match=f"a row has {width} values for 2 columns"):
+            encoder.encode([[1, 2], [1, 2], list(range(width)), [1, 2]])
+
+
+# Lone surrogates cannot be UTF-8 (both encodings fail on them alike, see above).
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | TEXT
+    | st.text(alphabet=st.characters(max_codepoint=0x7F))
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+# A column is often of one type (the fast paths), sometimes of anything.
+COLUMN_VALUES = st.sampled_from([JSON_VALUES, st.integers(), st.floats(), st.booleans(), st.none(), TEXT])
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
+    names = draw(st.lists(st.sampled_from(["a", "b", "c", "é", 'q"']), max_size=5))
+    kinds = [draw(COLUMN_VALUES) for _ in names]
+    count = draw(st.integers(min_value=1, max_value=6))
+    return names, [[draw(kind) for kind in kinds] for _ in range(count)]
+
+
+@SETTINGS
+@given(tables())
+def test_jsonl_batch_is_what_json_dumps_wrote_row_by_row(table: tuple[list[str], list[list[Any]]]) -> None:
+    names, rows = table
+    assert _JsonLinesEncoder(columns(*names)).encode(rows) == jsonl_row_by_row(names, rows)
+
+
+# --- csv -----------------------------------------------------------------------------------------
+
+
+def test_csv_batch_is_what_the_csv_writer_wrote_row_by_row() -> None:
+    names, rows = tricky_rows()
+    encoder = _CsvEncoder(columns(*names))
+    assert encoder.header() + encoder.encode(rows) == csv_row_by_row(names, rows)
+    plain = [["a", 1, 2.5, None], ['q"uote, and\nline', -(2**70), 1e-300, ""]]
+    assert encoder.header() + _CsvEncoder(columns(*"wxyz")).encode(plain) == (
+        encoder.header() + csv_row_by_row(list("wxyz"), plain).split(b"\r\n", 1)[1]
+    )
+
+
+# --- parts ---------------------------------------------------------------------------------------
+
+
+def encode_parts(encoder: _RowEncoder, rows: list[list[Any]], part_max_bytes: int) -> list[tuple[int, bytes]]:
+    """(rows, bytes) of each part, as the writer cuts them (part 0 even without rows)."""
+    source = _RowSource(iter(rows))
+    parts: list[tuple[int, bytes]] = []
+    while True:
+        tally = _PartTally()
+        data = b"".join(_encoded_batches(source, encoder, part_max_bytes, tally))
+        assert tally.uncompressed_bytes == len(data)
+        parts.append((tally.rows, data))
+        if source.exhausted():
+            return parts
+
+
+def reference_parts(
+    encoder: _RowEncoder, rows: list[list[Any]], part_max_bytes: int
+) -> list[tuple[int, bytes]]:
+    """One row at a time: a part ends right after the row that makes it reach part_max_bytes."""
+    parts: list[tuple[int, bytes]] = []
+    count, data = 0, encoder.header()
+    for row in rows:
+        data += encoder.encode([row])
+        count += 1
+        if len(data) >= part_max_bytes:
+            parts.append((count, data))
+            count, data = 0, encoder.header()
+    if count or not parts:
+        parts.append((count, data))
+    return parts
+
+
+def uneven_rows(count: int) -> list[list[Any]]:
+    """Rows whose size jumps now and then (batch sizes adapt to the rows seen so far)."""
+    return [[number, "x" * (5000 if number % 97 in (3, 4, 5) else number % 13)] for number in range(count)]
+
+
+@pytest.mark.parametrize("part_max_bytes", [1, 50, 1000, 4096, 65_536, 10**9])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_parts_roll_after_the_row_that_fills_them_whatever_the_batches(fmt: str, part_max_bytes: int) -> None:
+    rows = uneven_rows(3000)
+    make = _JsonLinesEncoder if fmt == "jsonl" else _CsvEncoder
+    parts = encode_parts(make(columns("n", "s")), rows, part_max_bytes)
+    assert parts == reference_parts(make(columns("n", "s")), rows, part_max_bytes)
+    assert sum(count for count, _ in parts) == len(rows)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_no_rows_is_one_part_with_the_header_only(fmt: str) -> None:
+    encoder = _JsonLinesEncoder(columns("n")) if fmt == "jsonl" else _CsvEncoder(columns("n"))
+    assert encode_parts(encoder, [], 100) == [(0, b"" if fmt == "jsonl" else b"n\r\n")]
