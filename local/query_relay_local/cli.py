@@ -285,6 +285,7 @@ class Progress:
         self._out = out
         self._started = time.monotonic()
         self._state = ""
+        self._continued = False
 
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self._started:6.1f}s] {message}", file=self._out, flush=True)
@@ -303,6 +304,7 @@ class Progress:
             )
         if kind == "TaskStateExited":
             details = event["stateExitedEventDetails"]
+            self._continued = details["name"] == "ContinueAsNew"
             return self._describe_exit(details["name"], details.get("output", "{}"))
         if kind in ("LambdaFunctionFailed", "TaskFailed"):
             failure: Mapping[str, Any] = (
@@ -310,7 +312,7 @@ class Progress:
             )
             return f"{self._state} raised {failure.get('error', 'an error')}"
         if kind == "ExecutionSucceeded":
-            return "done"
+            return None if self._continued else "done"
         if kind in ("ExecutionFailed", "ExecutionTimedOut", "ExecutionAborted"):
             ending: Mapping[str, Any] = event.get("executionFailedEventDetails") or {}
             return f"failed: {ending.get('error', kind)}"
@@ -323,7 +325,11 @@ class Progress:
             return None
         job = state_document.get("job") or {}
         status, polls, wait = job.get("status"), job.get("polls"), job.get("wait_seconds")
+        if state == "ContinueAsNew":
+            return f"history budget spent: continuing as execution {job.get('next_execution')}"
         if state == "Submit":
+            if status == "QUEUED":
+                return f"every max_concurrent slot of the connection is taken: next try in {wait}s"
             if status == "DONE":
                 return "submitted: finished at once (fast path)"
             if status == "FINISHED":

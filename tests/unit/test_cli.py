@@ -3,6 +3,7 @@ no secret echoed); ``run --json`` runs a job through the whole local stack again
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -347,3 +348,27 @@ def test_demo_runs_every_sample_job_and_shows_the_results(
     assert "first rows of part-00000.csv.gz:" in out
     assert "poll #1" in err
     assert len(list(tmp_path.glob("results/dt=*/*/_manifest.json"))) == len(demo_jobs)
+
+
+# --- progress lines --------------------------------------------------------------------------------
+
+
+def _exited(state: str, job: dict[str, Any]) -> Any:
+    return {
+        "type": "TaskStateExited",
+        "stateExitedEventDetails": {"name": state, "output": json.dumps({"job": job})},
+    }
+
+
+def test_progress_says_when_a_job_waits_for_a_slot_and_when_it_continues_as_a_new_execution() -> None:
+    progress = cli.Progress(io.StringIO())
+    queued = progress.describe(_exited("Submit", {"status": "QUEUED", "wait_seconds": 4}))
+    continued = progress.describe(
+        _exited("ContinueAsNew", {"status": "RUNNING", "next_execution": "job-1.1"})
+    )
+    ended = progress.describe({"type": "ExecutionSucceeded"})  # the old execution, not the job
+    assert queued == "every max_concurrent slot of the connection is taken: next try in 4s"
+    assert continued == "history budget spent: continuing as execution job-1.1"
+    assert ended is None
+    progress.describe(_exited("Fetch", {"status": "DONE"}))
+    assert progress.describe({"type": "ExecutionSucceeded"}) == "done"
