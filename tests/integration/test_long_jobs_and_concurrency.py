@@ -248,8 +248,17 @@ def test_a_job_waiting_for_a_slot_past_its_timeout_fails_query_timed_out(
         holder = stack.start_job(job(job_id="holder"))
         wait_until_holding(stack, "holder")
         polling = {"initial_seconds": 1, "max_seconds": 1, "timeout_seconds": 4}
-        waiting = job(job_id="waiting", polling=polling)
-        final = stack.wait(stack.start_job(waiting), timeout=60)
+        waiting = stack.start_job(job(job_id="waiting", polling=polling))
+        # While it waits, the API says so (and says the holder is not waiting)
+        with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
+            deadline = time.monotonic() + 30
+            while not (view := api.get("/queries/waiting").raise_for_status().json())["waiting_for_slot"]:
+                assert time.monotonic() < deadline, view
+                time.sleep(0.1)
+            assert view["status"] == "RUNNING"
+            assert view["upstream_id"] is None
+            assert api.get("/queries/holder").json()["waiting_for_slot"] is False
+        final = stack.wait(waiting, timeout=60)
         assert final["status"] == "FAILED"
         assert final["error"] == "QueryTimedOut"
         assert "max_concurrent" in final["cause"]

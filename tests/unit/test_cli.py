@@ -366,9 +366,10 @@ def test_progress_says_when_a_job_waits_for_a_slot_and_when_it_continues_as_a_ne
     continued = progress.describe(
         _exited("ContinueAsNew", {"status": "RUNNING", "next_execution": "job-1.1"})
     )
-    ended = progress.describe({"type": "ExecutionSucceeded"})  # the old execution, not the job
+    succeeded: Any = {"type": "ExecutionSucceeded"}
+    ended = progress.describe(succeeded)  # the old execution, not the job
     assert queued == "every max_concurrent slot of the connection is taken: next try in 4s"
     assert continued == "history budget spent: continuing as execution job-1.1"
     assert ended is None
     progress.describe(_exited("Fetch", {"status": "DONE"}))
-    assert progress.describe({"type": "ExecutionSucceeded"}) == "done"
+    assert progress.describe(succeeded) == "done"

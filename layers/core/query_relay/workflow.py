@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from query_relay import aws
 from query_relay.concurrency import Slots
@@ -33,9 +33,6 @@ from query_relay.providers import (
 from query_relay.results import ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
 from query_relay.state import Failure, JobState, ResultPointer
-
-if TYPE_CHECKING:
-    pass
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
@@ -82,7 +79,12 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     holds_slot = False
     if connection.max_concurrent is not None:
         slots = _slots(spec.connection)
-        if slots is None or not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
+        if slots is None:
+            raise InvalidConnection(
+                f"connection {spec.connection!r} sets max_concurrent but this deployment has no "
+                "concurrency table (CONCURRENCY_TABLE)"
+            )
+        if not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
             return _wait_for_slot(spec, job_id, connection, queued).model_dump(mode="json")
         holds_slot = True
     submitted_at = _now()
@@ -172,11 +174,6 @@ def _slots(connection_name: str) -> Slots | None:
 def _wait_for_slot(spec: JobSpec, job_id: str, connection: Connection, queued: JobState | None) -> JobState:
     """The job, QUEUED: every slot of its connection is taken. Waiting counts towards
     ``polling.timeout_seconds``, like the upstream's own running time."""
-    if get_settings().concurrency_table is None:
-        raise InvalidConnection(
-            f"connection {spec.connection!r} sets max_concurrent but this deployment has no "
-            "concurrency table (CONCURRENCY_TABLE)"
-        )
     now = _now()
     asked_at = queued.submitted_at if queued else now
     deadline = queued.deadline if queued else asked_at + timedelta(seconds=spec.polling.timeout_seconds)

@@ -129,7 +129,12 @@ def describe_job(job_id: str) -> JobView:
         view["connection"] = spec.connection
     job = None if status == "SUCCEEDED" else _last_job_state(described["executionArn"])
     if job is not None:
-        view |= {"provider": job.provider, "upstream_id": job.upstream_id, "polls": job.polls}
+        view |= {
+            "provider": job.provider,
+            "upstream_id": job.upstream_id,
+            "polls": job.polls,
+            "waiting_for_slot": status == "RUNNING" and job.status == "QUEUED",
+        }
     output = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
     if "manifest_key" in output:  # a schedule's launcher run succeeds without a result of its own
         manifest = read_manifest(output["bucket"], output["manifest_key"])

@@ -66,6 +66,11 @@ class JobView(ResponseModel):
     stopped_at: datetime | None = None
     duration_seconds: float | None = None
     polls: int = 0
+    waiting_for_slot: bool = Field(
+        default=False,
+        description="RUNNING, but every max_concurrent slot of its connection is taken (nothing sent "
+        "upstream yet)",
+    )
     error: str | None = None
     cause: str | None = None
     manifest: Manifest | None = None
