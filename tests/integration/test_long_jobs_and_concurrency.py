@@ -79,6 +79,15 @@ def long_job_stack(esql_emulator: EsqlEmulator) -> Iterator[LocalStack]:
         yield started
 
 
+@pytest.fixture
+def api(long_job_stack: LocalStack) -> Iterator[httpx.Client]:
+    with (
+        LocalApiServer(long_job_stack) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as client,
+    ):
+        yield client
+
+
 # --- continue-as-new -------------------------------------------------------------------------------
 
 
@@ -117,38 +126,38 @@ def test_a_job_longer_than_the_history_budget_continues_as_new_executions_and_la
 
 
 def test_the_api_shows_a_continued_job_once_under_its_own_id(
-    long_job_stack: LocalStack, esql_emulator: EsqlEmulator
+    long_job_stack: LocalStack, esql_emulator: EsqlEmulator, api: httpx.Client
 ) -> None:
     stack = long_job_stack
     esql_emulator.config.query_seconds = 12
-    with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
-        api.post("/queries", json=job(job_id="api-long")).raise_for_status()
-        # While it runs in a continuation, the job is RUNNING under its own id
-        wait_until_continued(stack, "api-long")
-        running = api.get("/queries/api-long").raise_for_status().json()
-        assert running["status"] == "RUNNING"
-        assert running["upstream_id"]
-        listed = api.get("/queries", params={"state": "RUNNING"}).raise_for_status().json()["jobs"]
-        assert [entry["job_id"] for entry in listed] == ["api-long"]
-        # and once done, SUCCEEDED with its manifest, listed once
-        final = stack.wait(stack.execution_arn("api-long"), timeout=60)
-        assert final["status"] == "SUCCEEDED"
-        view = api.get("/queries/api-long").raise_for_status().json()
-        assert view["status"] == "SUCCEEDED"
-        assert view["manifest"]["job_id"] == "api-long"
-        listed = api.get("/queries").raise_for_status().json()["jobs"]
-        assert [(entry["job_id"], entry["status"]) for entry in listed] == [("api-long", "SUCCEEDED")]
+    api.post("/queries", json=job(job_id="api-long")).raise_for_status()
+    # While it runs in a continuation, the job is RUNNING under its own id
+    wait_until_continued(stack, "api-long")
+    running = api.get("/queries/api-long").raise_for_status().json()
+    assert running["status"] == "RUNNING"
+    assert running["upstream_id"]
+    again = api.post("/queries", json=job(job_id="api-long"))  # the same job: found, not restarted
+    assert (again.status_code, again.json()["status"]) == (202, "RUNNING")
+    listed = api.get("/queries", params={"state": "RUNNING"}).raise_for_status().json()["jobs"]
+    assert [entry["job_id"] for entry in listed] == ["api-long"]
+    # and once done, SUCCEEDED with its manifest, listed once
+    final = stack.wait(stack.execution_arn("api-long"), timeout=60)
+    assert final["status"] == "SUCCEEDED"
+    view = api.get("/queries/api-long").raise_for_status().json()
+    assert view["status"] == "SUCCEEDED"
+    assert view["manifest"]["job_id"] == "api-long"
+    listed = api.get("/queries").raise_for_status().json()["jobs"]
+    assert [(entry["job_id"], entry["status"]) for entry in listed] == [("api-long", "SUCCEEDED")]
 
 
 def test_cancelling_a_continued_job_stops_its_latest_execution_and_the_upstream_task(
-    long_job_stack: LocalStack, esql_emulator: EsqlEmulator
+    long_job_stack: LocalStack, esql_emulator: EsqlEmulator, api: httpx.Client
 ) -> None:
     stack = long_job_stack
     esql_emulator.config.query_seconds = 60
-    with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
-        api.post("/queries", json=job(job_id="cancel-long")).raise_for_status()
-        wait_until_continued(stack, "cancel-long")
-        view = api.delete("/queries/cancel-long").raise_for_status().json()
+    api.post("/queries", json=job(job_id="cancel-long")).raise_for_status()
+    wait_until_continued(stack, "cancel-long")
+    view = api.delete("/queries/cancel-long").raise_for_status().json()
     assert view["status"] == "ABORTED"
     chain = stack.chain(stack.execution_arn("cancel-long"))
     assert stack.sfn.describe_execution(executionArn=chain[-1])["status"] == "ABORTED"

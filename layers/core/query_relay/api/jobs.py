@@ -92,7 +92,8 @@ def start_job(spec: JobSpec) -> JobAccepted:
         if _spec_of(existing) != named:
             raise JobConflict(f"job {job_id!r} exists with a different spec; choose another job_id") from None
         logger.info("job exists already with the same spec", extra={"job_id": job_id})
-        return JobAccepted(job_id=job_id, status=existing["status"], links=links_of(job_id))
+        status = latest_execution(client, existing)["status"]  # it may have continued as new
+        return JobAccepted(job_id=job_id, status=status, links=links_of(job_id))
     logger.info("job started", extra={"job_id": job_id, "connection": spec.connection})
     return JobAccepted(job_id=job_id, status="RUNNING", links=links_of(job_id))
 
