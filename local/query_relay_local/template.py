@@ -144,7 +144,7 @@ def local_bucket_name(logical_id: str) -> str:
 
 
 def local_table_name(logical_id: str) -> str:
-    """``ConcurrencyTable`` -> ``query-relay-local-concurrency-table``."""
+    """``ControlTable`` -> ``query-relay-local-control-table``."""
     return local_bucket_name(logical_id)
 
 

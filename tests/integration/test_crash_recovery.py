@@ -23,12 +23,16 @@ from query_relay.providers import FetchedResult, TabularResult
 from query_relay.results import job_prefix
 from query_relay.state import JobState, ResultPointer
 from query_relay_local.emulators.esql import EsqlEmulator
+from query_relay_local.emulators.looker import LookerEmulator
+from query_relay_local.emulators.veza import VezaEmulator
 from query_relay_local.lambda_runtime import SimulatedCrash
 from query_relay_local.stack import LocalStack
 
 from .conftest import ES_CONNECTION, esql_connection
 from .landed import landed_manifest
 from .test_esql_jobs import expected_rows, rows_of, upstream_answer
+from .test_looker_jobs import BY_COUNTRY, LOOKER_CLIENT_ID, LOOKER_CLIENT_SECRET, looker_connection
+from .test_veza_jobs import OKTA_USERS, VEZA_API_KEY, veza_connection
 
 QUERY = "FROM employees | KEEP emp_no, first_name, last_name, salary, hire_date | SORT emp_no"
 CRASH_AT_ROW = 600  # of 1,000: well inside the part being written
@@ -145,3 +149,65 @@ def test_a_function_dying_mid_write_is_retried_and_lands_exactly_what_a_clean_ru
 
 def _first_failure(history: list[Any]) -> int:
     return next(index for index, event in enumerate(history) if event["type"] == "LambdaFunctionFailed")
+
+
+# --- a Submit that dies after the upstream accepted the query ------------------------------------
+
+
+def _crash_after_recording(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first Submit records its task (as it always does), then dies: the ids it recorded."""
+    recorded: list[str] = []
+    make_recorder = workflow._recorder
+
+    def recorder(event: dict[str, Any], job_id: str, submitted_at: Any) -> Any:
+        record = make_recorder(event, job_id, submitted_at)
+
+        def record_then_die(upstream_id: str, state: dict[str, Any]) -> None:
+            record(upstream_id, state)
+            if not recorded:
+                recorded.append(upstream_id)
+                raise SimulatedCrash("Runtime.ExitError")
+
+        return record_then_die
+
+    monkeypatch.setattr(workflow, "_recorder", recorder)
+    return recorded
+
+
+@pytest.fixture(params=["esql", "looker", "veza"])
+def slow_upstream(
+    request: pytest.FixtureRequest, esql_emulator: EsqlEmulator
+) -> Iterator[tuple[EsqlEmulator | LookerEmulator | VezaEmulator, dict[str, Any], dict[str, Any]]]:
+    """(emulator, connection, query) of each provider, queries running 3 s."""
+    esql_emulator.config.query_seconds = 3
+    if request.param == "esql":
+        yield esql_emulator, esql_connection(esql_emulator), {"query": QUERY}
+    elif request.param == "looker":
+        with LookerEmulator(client_id=LOOKER_CLIENT_ID, client_secret=LOOKER_CLIENT_SECRET) as looker:
+            looker.config.query_seconds = 3
+            yield looker, looker_connection(looker), BY_COUNTRY
+    else:
+        with VezaEmulator(api_key=VEZA_API_KEY, query_seconds=3) as veza:
+            yield veza, veza_connection(veza), OKTA_USERS
+
+
+def test_a_submit_that_dies_after_the_upstream_named_its_task_resumes_that_task(
+    monkeypatch: pytest.MonkeyPatch,
+    slow_upstream: tuple[EsqlEmulator | LookerEmulator | VezaEmulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    # Given a query that runs past the submit wait, and a Submit that dies once the task exists
+    emulator, connection, query = slow_upstream
+    recorded = _crash_after_recording(monkeypatch)
+    with LocalStack(parameter_overrides={"SubmitWaitSeconds": "1", "LongPollMaxSeconds": "1"}) as stack:
+        stack.load_connections({"crashing": connection})
+        job = {"connection": "crashing", "query": query, "polling": {"initial_seconds": 1, "max_seconds": 1}}
+        # When the job runs
+        final, history = stack.run_job(job, timeout=60)
+        # Then the dead Submit was retried, the retry resumed the task the first one started
+        assert crash_errors(history) == ["Runtime.ExitError"]
+        assert final["status"] == "SUCCEEDED", final
+        manifest = landed_manifest(stack, final)
+        assert [manifest["upstream_id"]] == recorded
+        assert any("started the upstream task and died: resuming it" in line for line in stack.logs)
+    # and the upstream ran that one task only: nothing was submitted twice
+    assert list(emulator.task_states()) == recorded

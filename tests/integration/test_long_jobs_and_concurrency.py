@@ -46,7 +46,7 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
 def slot_holders(stack: LocalStack, connection: str = ES_CONNECTION) -> dict[str, Any]:
     (table,) = stack.template.tables.values()
     item = stack.client("dynamodb").get_item(
-        TableName=table.name, Key={"connection": {"S": connection}}, ConsistentRead=True
+        TableName=table.name, Key={"pk": {"S": f"slots#{connection}"}}, ConsistentRead=True
     )
     holders: dict[str, Any] = item.get("Item", {}).get("holders", {}).get("M", {})
     return holders
@@ -234,7 +234,7 @@ def test_a_slot_left_by_an_execution_that_ended_without_cleanup_is_freed(
         (table,) = stack.template.tables.values()
         stack.client("dynamodb").update_item(
             TableName=table.name,
-            Key={"connection": {"S": ES_CONNECTION}},
+            Key={"pk": {"S": f"slots#{ES_CONNECTION}"}},
             UpdateExpression="SET holders.#job = :holder",
             ExpressionAttributeNames={"#job": "gone"},
             ExpressionAttributeValues={

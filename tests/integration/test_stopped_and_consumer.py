@@ -108,7 +108,7 @@ def test_an_execution_that_timed_out_is_cleaned_up_and_gives_its_slot_back(
         assert esql_emulator.task_states()[upstream_id] == "deleted"
         (table,) = stack.template.tables.values()
         item = stack.client("dynamodb").get_item(
-            TableName=table.name, Key={"connection": {"S": ES_CONNECTION}}
+            TableName=table.name, Key={"pk": {"S": f"slots#{ES_CONNECTION}"}}
         )
         assert item["Item"]["holders"]["M"] == {}
         failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
@@ -138,7 +138,7 @@ def test_an_execution_stopped_while_submit_runs_has_its_upstream_task_cancelled_
         stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
         # Then Submit, on its way out, sees that and cancels the upstream task and frees the slot
         (table,) = stack.template.tables.values()
-        key = {"connection": {"S": ES_CONNECTION}}
+        key = {"pk": {"S": f"slots#{ES_CONNECTION}"}}
 
         def undone() -> bool:
             holders = stack.client("dynamodb").get_item(TableName=table.name, Key=key)["Item"]["holders"]["M"]

@@ -284,12 +284,12 @@ def test_every_job_field_and_status_the_asl_reads_is_one_the_library_writes(
     assert statuses == set(get_args(JobStatus)) - {"RUNNING"}  # RUNNING is every Choice's Default
 
 
-def test_the_concurrency_table_is_given_to_the_functions_that_take_or_give_back_slots(
+def test_the_control_table_is_given_to_the_functions_that_take_or_give_back_slots(
     template: dict[str, Any],
 ) -> None:
     (table,) = resources_of_type(template, "AWS::DynamoDB::Table")
     variables = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert variables["CONCURRENCY_TABLE"] == {"Ref": table}
+    assert variables["CONTROL_TABLE"] == {"Ref": table}
     functions = resources_of_type(template, "AWS::Serverless::Function")
     for name in (
         "SubmitFunction",
@@ -309,3 +309,5 @@ def test_the_concurrency_table_is_given_to_the_functions_that_take_or_give_back_
             )
         }
         assert "dynamodb:UpdateItem" in granted, name
+        if name == "SubmitFunction":  # records the task it started (query_relay.submissions)
+            assert {"dynamodb:GetItem", "dynamodb:PutItem"} <= granted

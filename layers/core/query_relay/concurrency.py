@@ -1,7 +1,7 @@
 """Per-connection concurrency: at most ``max_concurrent`` of a connection's jobs run upstream at once.
 
-One DynamoDB item per connection holds a map of the jobs that hold a slot:
-``{"connection": "es-prod", "holders": {"<job_id>": {"execution": <ARN>, "since": <ISO time>}}}``.
+One item of the control table per connection holds a map of the jobs that hold a slot:
+``{"pk": "slots#es-prod", "holders": {"<job_id>": {"execution": <ARN>, "since": <ISO time>}}}``.
 Taking a slot is one conditional write (the job is a holder already, or there are fewer holders
 than the limit), so two Submits racing for the last slot cannot both win; giving it back removes
 the job from the map. Both are idempotent, so a retried Submit or Cleanup is harmless.
@@ -40,7 +40,7 @@ class Slots:
 
     @property
     def _key(self) -> dict[str, Any]:
-        return {"connection": {"S": self.connection}}
+        return {"pk": {"S": f"slots#{self.connection}"}}
 
     def acquire(self, job_id: str, execution_arn: str, limit: int) -> bool:
         """Take a slot for ``job_id`` (or confirm it holds one); False when all ``limit`` are taken."""

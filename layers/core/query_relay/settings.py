@@ -23,8 +23,8 @@ class Settings(BaseModel):
     submit_wait_seconds: float = Field(default=2.0, ge=0, le=600)
     # Events one execution may hold before the job continues as a new one (query_relay.history).
     history_event_limit: int = Field(default=25_000, ge=200, le=25_000)
-    # The DynamoDB table of connections' max_concurrent slots (query_relay.concurrency).
-    concurrency_table: str | None = None
+    # The DynamoDB table of slots and started submissions (query_relay.concurrency, .submissions).
+    control_table: str | None = None
 
 
 ENVIRONMENT = {
@@ -35,7 +35,7 @@ ENVIRONMENT = {
     "long_poll_max_seconds": "LONG_POLL_MAX_SECONDS",
     "submit_wait_seconds": "SUBMIT_WAIT_SECONDS",
     "history_event_limit": "HISTORY_EVENT_LIMIT",
-    "concurrency_table": "CONCURRENCY_TABLE",
+    "control_table": "CONTROL_TABLE",
 }
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from query_relay import aws
+from query_relay import aws, submissions
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError
@@ -33,6 +33,7 @@ from query_relay.providers import (
 from query_relay.results import ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
 from query_relay.state import Failure, JobState, ResultPointer
+from query_relay.submissions import StartedTask
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
@@ -82,18 +83,28 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
         if slots is None:
             raise InvalidConnection(
                 f"connection {spec.connection!r} sets max_concurrent but this deployment has no "
-                "concurrency table (CONCURRENCY_TABLE)"
+                "control table (CONTROL_TABLE)"
             )
         if not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
             return _wait_for_slot(spec, job_id, connection, queued).model_dump(mode="json")
         holds_slot = True
     submitted_at = _now()
     deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
+    carried: dict[str, Any] = {
+        "holds_slot": holds_slot,
+        "slot_checks": queued.slot_checks if queued else 0,
+        "rounds": queued.rounds if queued else 0,
+        "continuations": queued.continuations if queued else 0,
+    }
+    started = _started_before(event, job_id)
+    if started is not None:
+        return _resumed(spec, connection, started, job_id=job_id, deadline=deadline, carried=carried)
     settings = get_settings()
     options = SubmitOptions(
         output_format=spec.output.format,
         wait_seconds=_bounded_wait(settings.submit_wait_seconds, seconds_left),
         timeout_seconds=spec.polling.timeout_seconds,
+        on_started=_recorder(event, job_id, submitted_at),
     )
     provider = open_provider(spec.connection, connection)
     try:
@@ -108,10 +119,7 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
                 submitted_at=submitted_at,
                 deadline=deadline,
                 provider_state=submission.state,
-                holds_slot=holds_slot,
-                slot_checks=queued.slot_checks if queued else 0,
-                rounds=queued.rounds if queued else 0,
-                continuations=queued.continuations if queued else 0,
+                **carried,
             )
             logger.append_keys(upstream_id=job.upstream_id)
             if submission.result is not None:
@@ -129,6 +137,62 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
     logger.info("submitted", extra={"status": job.status, "provider": job.provider})
     _undo_if_stopped_meanwhile(event, job)
+    return job.model_dump(mode="json")
+
+
+def _started_before(event: dict[str, Any], job_id: str) -> StartedTask | None:
+    """The upstream task an earlier attempt of this Submit started before it died, if any."""
+    table, execution_arn = get_settings().control_table, event.get("execution_arn")
+    if table is None or not isinstance(execution_arn, str):
+        return None
+    return submissions.find(table, execution_arn, job_id)
+
+
+def _recorder(
+    event: dict[str, Any], job_id: str, submitted_at: datetime
+) -> Callable[[str, dict[str, Any]], None]:
+    """What the provider calls the moment the upstream names the task: record it for a retry."""
+    table, execution_arn = get_settings().control_table, event.get("execution_arn")
+
+    def record(upstream_id: str, state: dict[str, Any]) -> None:
+        if table is None or not isinstance(execution_arn, str):
+            return
+        try:
+            submissions.record(table, execution_arn, job_id, StartedTask(upstream_id, state, submitted_at))
+        except Exception as error:  # noqa: BLE001 - only a retry after a crash would miss it
+            logger.warning(
+                "could not record the started task",
+                extra={"reason": type(error).__name__, "message": str(error)},
+            )
+
+    return record
+
+
+def _resumed(
+    spec: JobSpec,
+    connection: Connection,
+    started: StartedTask,
+    *,
+    job_id: str,
+    deadline: datetime,
+    carried: dict[str, Any],
+) -> dict[str, Any]:
+    """The job of a Submit that died after the upstream named its task: go on polling that task."""
+    logger.append_keys(upstream_id=started.upstream_id)
+    logger.warning("an earlier attempt of this Submit started the upstream task and died: resuming it")
+    metrics.add_metric(name="SubmitsResumed", unit="Count", value=1)
+    job = JobState(
+        job_id=job_id,
+        connection=spec.connection,
+        provider=connection.provider,
+        upstream_id=started.upstream_id,
+        status="RUNNING",
+        wait_seconds=MIN_WAIT_SECONDS,
+        submitted_at=started.submitted_at,
+        deadline=deadline,
+        provider_state=started.state,
+        **carried,
+    )
     return job.model_dump(mode="json")
 
 
@@ -167,7 +231,7 @@ def _queued_job(event: dict[str, Any]) -> JobState | None:
 
 
 def _slots(connection_name: str) -> Slots | None:
-    table = get_settings().concurrency_table
+    table = get_settings().control_table
     return Slots(table, connection_name) if table else None
 
 
@@ -441,7 +505,7 @@ def _may_hold_slot(job: JobState | None, connection_name: str) -> bool:
     """Whether the job may hold a slot: it says so, or a Submit may have taken one and died."""
     if job is not None and job.holds_slot:
         return True
-    if not connection_name or get_settings().concurrency_table is None:
+    if not connection_name or get_settings().control_table is None:
         return False
     try:
         return load_connection(connection_name).max_concurrent is not None

@@ -12,7 +12,7 @@ suite.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -73,6 +73,13 @@ class SubmitOptions:
     output_format: OutputFormat
     wait_seconds: float
     timeout_seconds: int
+    # Told the task's id (and the state Poll and Fetch need) the moment the upstream names it, before
+    # any inline wait, so that a retried Submit can resume the task (query_relay.submissions).
+    on_started: Callable[[str, dict[str, Any]], None] | None = None
+
+    def started(self, upstream_id: str, state: dict[str, Any]) -> None:
+        if self.on_started is not None:
+            self.on_started(upstream_id, state)
 
 
 class Provider(abc.ABC):

@@ -635,6 +635,7 @@ class EsqlProvider(Provider):
                 if not upstream_id:
                     raise self._protocol_error(operation, "the query runs but the answer carries no id")
                 logger.info("esql query running upstream", extra={"upstream_id": upstream_id})
+                options.started(upstream_id, {})
                 yield Submission(upstream_id=upstream_id, finished=False)
                 return
             logger.info(

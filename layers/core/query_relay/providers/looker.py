@@ -652,6 +652,7 @@ class LookerProvider(Provider):
         state: dict[str, Any] = {"result_format": result_format}
         if target.fields is not None and _small_enough(target.fields):
             state["fields"] = target.fields
+        options.started(task_id, state)
         logger.info(
             "looker query task created",
             extra={"upstream_id": task_id, "query_id": target.query_id, "result_format": result_format},

@@ -492,6 +492,7 @@ class VezaProvider(Provider):
         if not task_id:
             raise answer.reader.protocol_error("the created task has no id")
         logger.info("veza task created", extra={"upstream_id": task_id, "finished": finished})
+        options.started(task_id, {"spec": spec})
         if not finished and options.wait_seconds > 0:
             finished = self._wait_inline(task_id, options.wait_seconds)
         yield Submission(upstream_id=task_id, finished=finished, state={"spec": spec})
