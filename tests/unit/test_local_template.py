@@ -254,3 +254,13 @@ def test_a_function_without_a_local_code_uri_is_reported(tmp_path: Path) -> None
 
     with pytest.raises(TemplateError, match="Worker: CodeUri must be a string"):
         load_template(path)
+
+
+def test_tables_are_read_with_their_keys_and_referenced_by_name() -> None:
+    template = load_template()
+    (table,) = template.tables.values()
+    assert table.logical_id == "ControlTable"
+    assert table.name == "query-relay-local-control-table"
+    assert table.key_schema == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert table.attribute_definitions == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert template.functions["SubmitFunction"].environment["CONTROL_TABLE"] == table.name

@@ -252,13 +252,13 @@ def on_execution_ended_without_cleanup(arn: str, status: str) -> Failure | None:
     """An execution of the query machine was stopped (ABORTED) or ran past its own TimeoutSeconds
     (TIMED_OUT); neither runs a Catch state (EventBridge status change): clean up, unless the API
     cancelled it and did so already."""
-    described = aws.sfn().describe_execution(executionArn=arn)
     if status == "TIMED_OUT":
         return clean_up_stopped_execution(
             arn,
             cause="the execution ran past its TimeoutSeconds (statemachine/query.asl.json)",
             error=QUERY_TIMED_OUT,
         )
+    described = aws.sfn().describe_execution(executionArn=arn)
     if (described.get("cause") or "").startswith(API_CANCEL_CAUSE):
         logger.info("cancelled through the API, which cleaned up already")
         return None
