@@ -1,6 +1,7 @@
 """No secret of any connection, nor anything derived from one, shows anywhere a person or another
 system can read: execution history (every event, inputs and outputs), the functions' logs,
-EventBridge events, error causes, the HTTP API's answers and the CLI's output.
+EventBridge events, error causes, the control table (DynamoDB), the HTTP API's answers and the
+CLI's output.
 
 For each provider, jobs run on the success path and on every failure path (credentials refused,
 query refused, timeout) against its emulator over HTTP, then everything they left is searched for
@@ -183,6 +184,9 @@ def test_no_secret_leaks_on_success_or_any_failure(
         seen += [json.dumps(final, default=str) for final in finals.values()]
         seen += [json.dumps(stack.history(arn), default=str) for arn in arns.values()]
         seen += [*stack.logs, json.dumps(stack.events(), default=str)]
+        # and what the control table holds (the tasks Submits started, with their provider state)
+        for table in stack.template.tables.values():
+            seen.append(json.dumps(stack.client("dynamodb").scan(TableName=table.name)["Items"]))
 
     # And the CLI, on the success path and with refused credentials, with the functions' logs shown
     (tmp_path / "connections.json").write_text(json.dumps(connections))
@@ -205,4 +209,5 @@ def test_no_secret_leaks_on_success_or_any_failure(
     haystack = "\n".join(seen)
     assert "leak-timeout" in haystack
     assert "UpstreamQueryFailed" in haystack
+    assert "submission#" in haystack
     assert leaks(haystack, secrets) == []
