@@ -311,3 +311,13 @@ def test_the_control_table_is_given_to_the_functions_that_take_or_give_back_slot
         assert "dynamodb:UpdateItem" in granted, name
         if name == "SubmitFunction":  # records the task it started (query_relay.submissions)
             assert {"dynamodb:GetItem", "dynamodb:PutItem"} <= granted
+
+
+def test_submit_is_told_whether_it_is_a_retry_so_only_a_retry_looks_for_a_started_task(
+    definition: dict[str, Any],
+) -> None:
+    parameters = definition["States"]["Submit"]["Parameters"]
+    assert parameters["retry_count.$"] == "$$.State.RetryCount"
+    # every part of the state Submit reads is passed on, and Prepare gives $.job a value to pass
+    assert {"spec.$", "execution.$", "execution_arn.$", "job.$"} <= set(parameters)
+    assert definition["States"]["Prepare"]["Parameters"]["job"] is None

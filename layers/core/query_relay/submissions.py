@@ -5,9 +5,9 @@ during the submit wait) is retried by the state machine. Without a record the re
 second task and leave the first running upstream. So each provider reports the task id as soon as
 it has one (``SubmitOptions.on_started``), Submit writes it to the control table as
 ``{"pk": "submission#<execution ARN>", "job_id", "upstream_id", "state", "submitted_at"}``, and a
-Submit that finds such a record for its own execution and job resumes that task (the job goes on to
-Poll) instead of submitting again. Records expire by the table's TTL (``expires_at``) two days
-later; nothing else reads them.
+retried Submit (``retry_count`` > 0) that finds such a record for its own execution and job
+resumes that task (the job goes on to Poll) instead of submitting again. Records expire by the
+table's TTL (``expires_at``) two days later; nothing else reads them.
 
 (ES|QL names its task only when the submit's inline wait ends, so a death during that wait still
 leaves a task to expire; Looker and Veza name it at once.)

@@ -77,7 +77,10 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     connection = load_connection(spec.connection)
     query = validate_query(connection.provider, spec.query)
     queued = _queued_job(event)
-    holds_slot = False
+    submitted_at = _now()
+    # The job's clock starts when it first asked for a slot: waiting counts towards its timeout.
+    deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
+    carried = _carried_from(queued)
     if connection.max_concurrent is not None:
         slots = _slots(spec.connection)
         if slots is None:
@@ -86,16 +89,9 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
                 "control table (CONTROL_TABLE)"
             )
         if not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
-            return _wait_for_slot(spec, job_id, connection, queued).model_dump(mode="json")
-        holds_slot = True
-    submitted_at = _now()
-    deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
-    carried: dict[str, Any] = {
-        "holds_slot": holds_slot,
-        "slot_checks": queued.slot_checks if queued else 0,
-        "rounds": queued.rounds if queued else 0,
-        "continuations": queued.continuations if queued else 0,
-    }
+            job = _wait_for_slot(spec, job_id, connection, queued, deadline=deadline, carried=carried)
+            return job.model_dump(mode="json")
+        carried["holds_slot"] = True
     started = _started_before(event, job_id)
     if started is not None:
         return _resumed(spec, connection, started, job_id=job_id, deadline=deadline, carried=carried)
@@ -140,10 +136,18 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     return job.model_dump(mode="json")
 
 
+def _carried_from(queued: JobState | None) -> dict[str, Any]:
+    """What a job's state keeps from its QUEUED state once it gets a slot (or waits on)."""
+    if queued is None:
+        return {}
+    return {"slot_checks": queued.slot_checks, "rounds": queued.rounds, "continuations": queued.continuations}
+
+
 def _started_before(event: dict[str, Any], job_id: str) -> StartedTask | None:
-    """The upstream task an earlier attempt of this Submit started before it died, if any."""
+    """The upstream task an earlier attempt of this Submit started before it died, if any. Only a
+    retried attempt can find one (the state machine passes ``retry_count``; 0 on a first try)."""
     table, execution_arn = get_settings().control_table, event.get("execution_arn")
-    if table is None or not isinstance(execution_arn, str):
+    if table is None or not isinstance(execution_arn, str) or event.get("retry_count") == 0:
         return None
     return submissions.find(table, execution_arn, job_id)
 
@@ -235,26 +239,32 @@ def _slots(connection_name: str) -> Slots | None:
     return Slots(table, connection_name) if table else None
 
 
-def _wait_for_slot(spec: JobSpec, job_id: str, connection: Connection, queued: JobState | None) -> JobState:
+def _wait_for_slot(
+    spec: JobSpec,
+    job_id: str,
+    connection: Connection,
+    queued: JobState | None,
+    *,
+    deadline: datetime,
+    carried: dict[str, Any],
+) -> JobState:
     """The job, QUEUED: every slot of its connection is taken. Waiting counts towards
     ``polling.timeout_seconds``, like the upstream's own running time."""
     now = _now()
     asked_at = queued.submitted_at if queued else now
-    deadline = queued.deadline if queued else asked_at + timedelta(seconds=spec.polling.timeout_seconds)
     waited = (now - asked_at).total_seconds()
     if now >= deadline:
         raise QueryTimedOut(
             f"job {job_id} waited {waited:.0f}s (polling.timeout_seconds) for one of the "
             f"{connection.max_concurrent} slots of connection {spec.connection!r} (max_concurrent)"
         )
-    checks = queued.slot_checks + 1 if queued else 1
+    checks = carried.get("slot_checks", 0) + 1
     job = JobState(
         job_id=job_id,
         connection=spec.connection,
         provider=connection.provider,
         upstream_id=None,
         status="QUEUED",
-        slot_checks=checks,
         wait_seconds=next_wait_seconds(
             spec.polling,
             checks - 1,
@@ -263,8 +273,7 @@ def _wait_for_slot(spec: JobSpec, job_id: str, connection: Connection, queued: J
         ),
         submitted_at=asked_at,
         deadline=deadline,
-        rounds=queued.rounds if queued else 0,
-        continuations=queued.continuations if queued else 0,
+        **(carried | {"slot_checks": checks}),
     )
     if queued is not None:
         _count_round(job)
