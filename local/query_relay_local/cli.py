@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
+from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
 from query_relay.providers import validate_query
 from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
@@ -158,6 +159,7 @@ def load_job(spec_path: Path, connections_path: Path | None) -> Job:
     spec_document = _read_json_object(spec_path, "job spec")
     try:
         spec = parse_job_spec(spec_document)
+        check_spec_fits(spec_document)
     except InvalidJobSpec as error:
         raise UsageError(f"{spec_path}: {error}") from None
     if connections_path is None and DEFAULT_CONNECTIONS_FILE.is_file():

@@ -11,12 +11,17 @@ import httpx
 import pytest
 
 from query_relay.api.http import MAX_BODY_BYTES
+from query_relay.api.models import SCHEDULE_NAME_MAX_CHARS
+from query_relay.limits import JOB_SPEC_MAX_BYTES
 from query_relay_local.api_server import LocalApiServer
 from query_relay_local.stack import LocalStack
 
 from .conftest import ES_CONNECTION
 
 QUERY = {"query": "FROM employees | LIMIT 3"}
+# A valid query too big to travel through the state machine beside the job's state, yet under the
+# API's body limit (query_relay.limits).
+TOO_BIG_QUERY = {"query": "FROM employees | LIMIT 3 // " + "x" * JOB_SPEC_MAX_BYTES}
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -72,6 +77,7 @@ def fields_of(response: httpx.Response) -> list[str]:
         ("/queries", encoded(spec(job_id="")), 400, "job_id"),
         ("/queries", encoded(spec(job_id="tab\there")), 400, "job_id"),
         ("/queries", encoded(spec(connection="no/slashes")), 400, "connection"),
+        ("/queries", encoded(spec(query=TOO_BIG_QUERY)), 400, "query"),
         ("/queries", oversize(spec()), 413, "body"),
         ("/schedules", b"{not json", 400, "body"),
         ("/schedules", encoded(schedule(expression="cron(0 2 * * *)")), 400, "expression"),
@@ -84,6 +90,8 @@ def fields_of(response: httpx.Response) -> list[str]:
         ("/schedules", encoded(schedule(owner="me")), 400, "owner"),
         ("/schedules", encoded(schedule(name="bad name!")), 400, "name"),
         ("/schedules", encoded(schedule(spec=spec(job_id="fixed"))), 400, "spec.job_id"),
+        ("/schedules", encoded(schedule(name="n" * (SCHEDULE_NAME_MAX_CHARS + 1))), 400, "name"),
+        ("/schedules", encoded(schedule(spec=spec(query=TOO_BIG_QUERY))), 400, "spec.query"),
         ("/schedules", oversize(schedule()), 413, "body"),
     ],
     ids=[
@@ -91,10 +99,12 @@ def fields_of(response: httpx.Response) -> list[str]:
         "queries-query-type", "queries-connection-type", "queries-polling-type", "queries-polling-range",
         "queries-format", "queries-prefix-escape", "queries-unknown-field", "queries-unknown-nested",
         "queries-job-id-path", "queries-job-id-long", "queries-job-id-empty", "queries-job-id-tab",
-        "queries-connection-chars", "queries-oversize",
+        "queries-connection-chars", "queries-spec-too-big-for-step-functions", "queries-oversize",
         "schedules-malformed-json", "schedules-cron-5", "schedules-cron-minute", "schedules-cron-no-?",
         "schedules-rate-0", "schedules-empty-expression", "schedules-timezone", "schedules-enabled-type",
-        "schedules-unknown-field", "schedules-name", "schedules-fixed-job-id", "schedules-oversize",
+        "schedules-unknown-field", "schedules-name", "schedules-fixed-job-id",
+        "schedules-name-too-long-for-its-runs", "schedules-spec-too-big-for-step-functions",
+        "schedules-oversize",
     ],
 )  # fmt: skip
 def test_a_bad_body_is_refused_naming_the_field_and_nothing_starts(
@@ -129,6 +139,8 @@ def test_a_body_under_the_limit_is_read_and_validated_as_usual(api: httpx.Client
         ("DELETE", "/queries/..%2F..%2Fetc"),
         ("DELETE", "/queries/arn:aws:states:x"),
         ("GET", "/schedules/bad%20name"),
+        ("GET", "/schedules/" + "n" * 65),
+        ("DELETE", "/schedules/dollar$sign"),
         ("DELETE", "/schedules/%E2%9C%93"),
     ],
 )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from query_relay.limits import JOB_SPEC_MAX_BYTES
 from query_relay_local import cli
 from query_relay_local.stack import LocalStack
 
@@ -48,6 +49,7 @@ def text(document: Any) -> str:
         (text(SPEC | {"job_id": "x" * 81}), CONNECTION, "job_id:"),
         (text(SPEC | {"job_id": "has space"}), CONNECTION, "job_id:"),
         (text(SPEC | {"query": {"query": "FROM x", "limit": 3}}), CONNECTION, "query.limit"),
+        (text(SPEC | {"query": {"query": "FROM x //" + "x" * JOB_SPEC_MAX_BYTES}}), CONNECTION, "query: the"),
         (text(SPEC), CONNECTION | {"base_url": "gopher://x"}, "base_url:"),
         (text(SPEC), CONNECTION | {"allow_private_network": "maybe"}, "allow_private_network:"),
         (text(SPEC), CONNECTION | {"timeout_seconds": -1}, "timeout_seconds:"),
@@ -57,8 +59,9 @@ def text(document: Any) -> str:
     ids=[
         "spec-malformed", "spec-not-object", "spec-empty", "spec-query-type", "spec-connection-type",
         "spec-polling-type", "spec-format", "spec-unknown-field", "spec-job-id-path", "spec-job-id-long",
-        "spec-job-id-space", "spec-unknown-query-field", "connection-scheme", "connection-flag-type",
-        "connection-timeout", "connection-unknown-field", "connection-auth-field",
+        "spec-job-id-space", "spec-unknown-query-field", "spec-too-big-for-step-functions",
+        "connection-scheme", "connection-flag-type", "connection-timeout", "connection-unknown-field",
+        "connection-auth-field",
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_naming_the_field_and_never_the_secret(

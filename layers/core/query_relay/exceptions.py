@@ -11,6 +11,18 @@ upstream-provided reasons only.
 
 from __future__ import annotations
 
+# A failure's message travels in the execution's state (Catch's ResultPath, Cleanup's failure),
+# whose size Step Functions caps: it is cut at this length (query_relay.limits has the budget).
+MESSAGE_MAX_CHARS = 4096
+_CUT_MARK = " ... (cut)"
+
+
+def cut_message(message: str, max_chars: int = MESSAGE_MAX_CHARS) -> str:
+    """``message``, cut to ``max_chars`` (marked) when longer."""
+    if len(message) <= max_chars:
+        return message
+    return message[: max_chars - len(_CUT_MARK)] + _CUT_MARK
+
 
 class QueryRelayError(Exception):
     """Base of every error the workflow names."""
@@ -18,6 +30,7 @@ class QueryRelayError(Exception):
     transient: bool = False
 
     def __init__(self, message: str) -> None:
+        message = cut_message(message)
         super().__init__(message)
         self.message = message
 

@@ -27,6 +27,7 @@ PROVIDERS = ("esql", "looker", "veza")
 ProviderName = Literal["esql", "looker", "veza"]
 OutputFormat = Literal["jsonl", "csv", "native"]
 Compression = Literal["none", "gzip"]
+MAX_PROBLEMS_DESCRIBED = 20
 
 
 class StrictModel(BaseModel):
@@ -155,11 +156,16 @@ class Manifest(StrictModel):
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each naming the field path: 'output.format: Input should be ...'."""
+    """One line per problem, each naming the field path: 'output.format: Input should be ...'.
+    At most ``MAX_PROBLEMS_DESCRIBED``: a spec with thousands of unknown fields must not make an
+    error message (which travels in the execution's state) thousands of lines long."""
+    problems = error.errors(include_url=False, include_input=False)
     lines = []
-    for problem in error.errors(include_url=False, include_input=False):
+    for problem in problems[:MAX_PROBLEMS_DESCRIBED]:
         location = prefix + ".".join(str(part) for part in problem["loc"]) or "(root)"
         lines.append(f"{location}: {problem['msg']}")
+    if len(problems) > MAX_PROBLEMS_DESCRIBED:
+        lines.append(f"and {len(problems) - MAX_PROBLEMS_DESCRIBED} more problems")
     return "; ".join(lines)
 
 

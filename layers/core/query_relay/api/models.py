@@ -9,12 +9,15 @@ from typing import Annotated, Literal
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from query_relay.limits import EXECUTION_NAME_MAX_CHARS, SCHEDULED_RUN_SUFFIX, SCHEDULER_NAME_MAX_CHARS
 from query_relay.models import JobSpec, Manifest, StrictModel
 
 ExecutionStatus = Literal["RUNNING", "SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "PENDING_REDRIVE"]
-# A schedule's runs are named "<schedule>-<scheduled time>" (19 characters); job ids hold 80.
 PageSize = Annotated[int, Query(ge=1, le=100, description="items per page")]
-SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,60}$"
+# A schedule's runs are jobs (executions) named "<schedule>-<scheduled time without ':'>": a name
+# leaves room for that in an execution name, and fits Scheduler's own limit (query_relay.limits).
+SCHEDULE_NAME_MAX_CHARS = min(SCHEDULER_NAME_MAX_CHARS, EXECUTION_NAME_MAX_CHARS - len(SCHEDULED_RUN_SUFFIX))
+SCHEDULE_NAME_PATTERN = rf"^[A-Za-z0-9_-]{{1,{SCHEDULE_NAME_MAX_CHARS}}}$"
 
 
 class ResponseModel(BaseModel):

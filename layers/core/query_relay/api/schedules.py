@@ -22,9 +22,16 @@ from botocore.exceptions import ClientError
 from query_relay import aws
 from query_relay.api.exceptions import InvalidPageToken, InvalidSchedule, ScheduleConflict, ScheduleNotFound
 from query_relay.api.jobs import validate_job
-from query_relay.api.models import SchedulePage, ScheduleRequest, ScheduleSummary, ScheduleView
+from query_relay.api.models import (
+    SCHEDULE_NAME_PATTERN,
+    SchedulePage,
+    ScheduleRequest,
+    ScheduleSummary,
+    ScheduleView,
+)
 from query_relay.api.settings import get_control_settings
 from query_relay.exceptions import InvalidJobSpec
+from query_relay.limits import check_spec_fits
 from query_relay.models import parse_job_spec
 from query_relay.observability import logger
 
@@ -103,6 +110,8 @@ def create_schedule(request: ScheduleRequest) -> ScheduleView:
     validate_expression(request.expression)
     validate_timezone(request.timezone)
     validate_job(request.spec)
+    target_input = schedule_input(request)
+    check_spec_fits(target_input["spec"], where="spec.")
     settings = get_control_settings()
     if not settings.scheduler_role_arn:
         raise InvalidSchedule("name", "schedules are not available: SCHEDULER_ROLE_ARN is not set")
@@ -119,7 +128,7 @@ def create_schedule(request: ScheduleRequest) -> ScheduleView:
             Target={
                 "Arn": settings.state_machine_arn,
                 "RoleArn": settings.scheduler_role_arn,
-                "Input": json.dumps(schedule_input(request)),
+                "Input": json.dumps(target_input),
                 "RetryPolicy": {
                     "MaximumEventAgeInSeconds": MAXIMUM_EVENT_AGE_SECONDS,
                     "MaximumRetryAttempts": MAXIMUM_RETRY_ATTEMPTS,
@@ -135,6 +144,7 @@ def create_schedule(request: ScheduleRequest) -> ScheduleView:
 
 
 def get_schedule(name: str) -> ScheduleView:
+    _check_name(name)
     client = aws.scheduler()
     try:
         schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
@@ -201,3 +211,10 @@ def delete_schedule(name: str) -> ScheduleView:
 
 def links_of(name: str) -> dict[str, str]:
     return {"self": f"/schedules/{name}"}
+
+
+def _check_name(name: str) -> None:
+    """A name no schedule of ours can have is not found, without asking Scheduler (which would
+    answer ValidationException for one outside its own pattern)."""
+    if not re.fullmatch(SCHEDULE_NAME_PATTERN, name):
+        raise ScheduleNotFound(f"no schedule {name!r}: schedule names match {SCHEDULE_NAME_PATTERN}")

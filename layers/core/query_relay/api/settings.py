@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from query_relay.limits import SCHEDULER_NAME_PATTERN
 from query_relay.settings import SettingsError
 
 
@@ -15,7 +16,7 @@ class ControlSettings(BaseModel):
 
     state_machine_arn: str = Field(pattern=r"^arn:[\w-]+:states:[\w-]+:\d{12}:stateMachine:[\w.-]+$")
     event_bus_name: str = Field(default="default", min_length=1)
-    schedule_group: str = Field(default="default", min_length=1)
+    schedule_group: str = Field(default="default", pattern=SCHEDULER_NAME_PATTERN)
     # The role EventBridge Scheduler assumes to start executions (empty: schedules are unavailable).
     scheduler_role_arn: str = ""
     # Presigned download links live this long (on AWS also capped by the function's role session).
