@@ -18,7 +18,10 @@ from query_relay.observability import logger, metrics, tracer
 @metrics.log_metrics
 @event_source(data_class=EventBridgeEvent)
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    # The request id names this claimant: Lambda keeps it when it retries an asynchronous invocation.
     failure = jobs.on_execution_ended_without_cleanup(
-        str(event.detail["executionArn"]), str(event.detail["status"])
+        str(event.detail["executionArn"]),
+        str(event.detail["status"]),
+        claimant=f"stopped:{context.aws_request_id}",
     )
     return {"cleaned_up": failure is not None, "failure": failure.model_dump() if failure else None}

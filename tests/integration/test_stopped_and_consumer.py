@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def polling_job(stack: LocalStack, job_id: str) -> tuple[str, str]:
     raise AssertionError("the job never got past Submit")
 
 
-def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel(
+def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel_once(
     esql_emulator: EsqlEmulator,
 ) -> None:
     # Given a job polling a long query
@@ -69,12 +70,23 @@ def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel(
     with LocalStack(parameter_overrides=overrides) as stack:
         stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
         execution_arn, upstream_id = polling_job(stack, "console-stop-1")
-        # When someone stops it in the console (no Catch state runs) and the status change arrives
-        stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
-        answer = invoke(stack, "ExecutionStoppedFunction", aborted_event(stack, execution_arn))
-        # Then the upstream task is deleted and "Query Failed" announces the cancellation
-        assert answer["cleaned_up"] is True
+        # When someone stops it in the console (no Catch state runs), giving no cause, as AWS
+        # describes an ABORTED execution: without error or cause
+        stack.sfn.stop_execution(executionArn=execution_arn)
+        described = stack.sfn.describe_execution(executionArn=execution_arn)
+        assert described["status"] == "ABORTED"
+        assert {"error", "cause"}.isdisjoint(described)
+        # and its status change arrives, then arrives again (EventBridge delivers at least once)
+        event = aborted_event(stack, execution_arn)
+        first, second = (
+            invoke(stack, "ExecutionStoppedFunction", event),
+            invoke(stack, "ExecutionStoppedFunction", event),
+        )
+        # Then it is cleaned up once: the upstream task deleted, one "Query Failed" for the cancellation
+        assert first["cleaned_up"] is True
+        assert second == {"cleaned_up": False, "failure": None}
         assert esql_emulator.task_states()[upstream_id] == "deleted"
+        assert [request.method for request in esql_emulator.requests].count("DELETE") == 1
         failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
         assert failed == [
             {
@@ -82,9 +94,45 @@ def test_an_execution_stopped_from_the_console_is_cleaned_up_like_a_cancel(
                 "connection": ES_CONNECTION,
                 "provider": "esql",
                 "error": "Cancelled",
-                "cause": "stopped outside query-relay: stopped by an operator",
+                "cause": "stopped outside query-relay (the console, the CLI or StopExecution)",
             }
         ]
+
+
+def test_a_console_stop_racing_an_api_cancel_is_cleaned_up_once(esql_emulator: EsqlEmulator) -> None:
+    # Given a job polling a long query
+    esql_emulator.config.query_seconds = 60
+    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        execution_arn, upstream_id = polling_job(stack, "raced-stop-1")
+        cancel = {
+            "httpMethod": "DELETE",
+            "path": "/queries/raced-stop-1",
+            "requestContext": {"requestId": "r1"},
+        }
+
+        def console_stop() -> dict[str, Any]:
+            stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
+            return invoke(stack, "ExecutionStoppedFunction", aborted_event(stack, execution_arn))
+
+        # When an operator stops it in the console while a client cancels it through the API
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            api_answer = pool.submit(invoke, stack, "ApiFunction", cancel)
+            stop_answer = pool.submit(console_stop)
+            answered, handled = api_answer.result(), stop_answer.result()
+        # and the status change of the API's own stop arrives too
+        late = invoke(stack, "ExecutionStoppedFunction", aborted_event(stack, execution_arn))
+        # Then the API answers with the stopped job, and the job was cleaned up once, by one of them
+        assert answered["statusCode"] == 200
+        assert json.loads(answered["body"])["status"] == "ABORTED"
+        assert late == {"cleaned_up": False, "failure": None}
+        assert esql_emulator.task_states()[upstream_id] == "deleted"
+        assert [request.method for request in esql_emulator.requests].count("DELETE") == 1
+        failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+        assert [(detail["job_id"], detail["error"]) for detail in failed] == [("raced-stop-1", "Cancelled")]
+        by_api = failed[0]["cause"] == "cancelled through the query-relay API"
+        assert handled["cleaned_up"] is not by_api
 
 
 def test_an_execution_that_timed_out_is_cleaned_up_and_gives_its_slot_back(

@@ -40,6 +40,7 @@ def test_a_lambda_error_becomes_its_name_and_message_without_the_stack_trace() -
         "error": "ConnectionNotFound",
         "cause": "connection 'nope' not found",
         "upstream_cancelled": False,
+        "claimed": True,
     }
 
 

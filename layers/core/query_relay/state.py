@@ -64,3 +64,15 @@ class Failure(BaseModel):
     error: str
     cause: str
     upstream_cancelled: bool = False
+    # False when another party claimed the execution's cleanup (query_relay.claims): it announces.
+    claimed: bool = True
+
+
+class UnannouncedResult(BaseModel):
+    """What ReportNotAnnounced hands its Lambda: a landed result whose "Query Result Ready" event
+    could not be sent, and the error PublishReady caught (``{"Error", "Cause"}``)."""
+
+    job_id: str
+    bucket: str
+    manifest_key: str
+    error: dict[str, Any] = Field(default_factory=dict)

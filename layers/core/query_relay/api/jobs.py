@@ -6,9 +6,11 @@ so on ``ExecutionAlreadyExists`` the existing execution's input is compared with
 the same spec is the same job, another spec is a conflict.
 
 A stopped execution runs no Catch state, so cancelling does what Cleanup would have done: it reads
-the execution's last known job state from its history, hands it to ``workflow.cleanup`` (cancel
-upstream, drop partial output) and sends "Query Failed" with the error ``Cancelled``. The same
-code serves DELETE /queries/{job_id} and executions stopped elsewhere (the console, the CLI).
+the execution's last known job state from its history, hands it to ``workflow.undo`` (cancel
+upstream, drop partial output, give back the slot) and sends "Query Failed" with the error
+``Cancelled``. The same code serves DELETE /queries/{job_id} and executions stopped elsewhere (the
+console, the CLI) or timed out. Whichever party claims an execution's cleanup first
+(``query_relay.claims``) does all of it, once; the API claims before it stops the execution.
 
 A long job may continue as new executions (``query_relay.history``): the job id names the first,
 whose output points at the next. Describing and cancelling a job follow that chain to the
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,12 +33,15 @@ from query_relay import aws, workflow
 from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinished, JobNotFound
 from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
 from query_relay.api.settings import get_control_settings
+from query_relay.claims import Claim, claim_cleanup
 from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidJobSpec, QueryTimedOut
-from query_relay.history import continued_as, is_continuation, latest_execution
+from query_relay.history import continued_as, is_continuation, latest_execution, still_running
+from query_relay.limits import check_spec_fits
 from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import logger
 from query_relay.providers import validate_query
+from query_relay.settings import get_settings
 from query_relay.state import Failure, JobState
 
 if TYPE_CHECKING:
@@ -47,8 +53,12 @@ if TYPE_CHECKING:
 
 CANCELLED = "Cancelled"
 QUERY_TIMED_OUT = QueryTimedOut.__name__
-# The stop cause the API leaves on an execution it cancels: the console-stop handler skips those.
+# The causes "Query Failed" gives for a job cancelled through the API, stopped elsewhere, timed out.
 API_CANCEL_CAUSE = "cancelled through the query-relay API"
+STOPPED_CAUSE = "stopped outside query-relay (the console, the CLI or StopExecution)"
+TIMED_OUT_CAUSE = "the execution ran past its TimeoutSeconds (statemachine/query.asl.json)"
+# How long a DELETE that finds another party cleaning up waits for the execution to end.
+ENDING_PATIENCE_SECONDS = 10.0
 # Task states whose output carries the job state ($.job) after they exit.
 _JOB_STATES = ("Submit", "Poll", "Fetch")
 
@@ -80,12 +90,12 @@ def start_job(spec: JobSpec) -> JobAccepted:
     validate_job(spec)
     job_id = spec.job_id or new_job_id()
     named = spec.model_copy(update={"job_id": job_id})
+    document = named.model_dump(mode="json")
+    check_spec_fits(document)
     client = aws.sfn()
     try:
         client.start_execution(
-            stateMachineArn=get_control_settings().state_machine_arn,
-            name=job_id,
-            input=json.dumps(named.model_dump(mode="json")),
+            stateMachineArn=get_control_settings().state_machine_arn, name=job_id, input=json.dumps(document)
         )
     except client.exceptions.ExecutionAlreadyExists:
         existing = _describe(job_id)
@@ -237,38 +247,56 @@ def _describe(job_id: str) -> DescribeExecutionOutputTypeDef:
 
 
 def cancel_job(job_id: str) -> JobView:
-    """Stop the execution, then clean up as its Cleanup state would have (module docstring)."""
+    """Stop the job's execution and clean up as its Cleanup state would have (module docstring),
+    unless another party cleans up after that execution already (``query_relay.claims``): then,
+    like a DELETE of a job stopped already, answer with the job as it now is."""
     described = latest_execution(aws.sfn(), _describe(job_id))
+    if described["status"] == "ABORTED":
+        return describe_job(job_id)  # stopped already (another DELETE, the console): the same answer
     if described["status"] != "RUNNING":
         raise JobFinished(f"job {job_id!r} is {described['status']}; only a RUNNING job can be cancelled")
-    aws.sfn().stop_execution(
-        executionArn=described["executionArn"], error=CANCELLED, cause=f"{API_CANCEL_CAUSE} (DELETE)"
-    )
-    clean_up_stopped_execution(described["executionArn"], cause=API_CANCEL_CAUSE)
+    arn = described["executionArn"]
+    mine = Claim(claimant=f"api:{secrets.token_hex(8)}", error=CANCELLED, cause=API_CANCEL_CAUSE)
+    held = claim_cleanup(get_settings().control_table, arn, mine)
+    if held.claimant != mine.claimant:
+        logger.info("another party cleans up after this execution", extra={"claimant": held.claimant})
+        _wait_until_ended(arn)
+        return describe_job(job_id)
+    aws.sfn().stop_execution(executionArn=arn, error=CANCELLED, cause=API_CANCEL_CAUSE)
+    stopped = aws.sfn().describe_execution(executionArn=arn)["status"]
+    if stopped == "ABORTED":
+        _clean_up(arn, mine)
+    else:  # it ended on its own first (it cannot have failed: its Cleanup would hold the claim)
+        logger.info("the execution ended before it could be stopped", extra={"status": stopped})
     return describe_job(job_id)
 
 
-def on_execution_ended_without_cleanup(arn: str, status: str) -> Failure | None:
+def on_execution_ended_without_cleanup(arn: str, status: str, claimant: str) -> Failure | None:
     """An execution of the query machine was stopped (ABORTED) or ran past its own TimeoutSeconds
-    (TIMED_OUT); neither runs a Catch state (EventBridge status change): clean up, unless the API
-    cancelled it and did so already."""
+    (TIMED_OUT); neither runs a Catch state (EventBridge status change): clean up, unless another
+    party (an API cancel, an earlier delivery of this event) claimed that already. The stop's own
+    error and cause are not read: DescribeExecution documents them for FAILED executions only."""
     if status == "TIMED_OUT":
-        return clean_up_stopped_execution(
-            arn,
-            cause="the execution ran past its TimeoutSeconds (statemachine/query.asl.json)",
-            error=QUERY_TIMED_OUT,
-        )
-    described = aws.sfn().describe_execution(executionArn=arn)
-    if (described.get("cause") or "").startswith(API_CANCEL_CAUSE):
-        logger.info("cancelled through the API, which cleaned up already")
+        mine = Claim(claimant, QUERY_TIMED_OUT, TIMED_OUT_CAUSE)
+    else:
+        mine = Claim(claimant, CANCELLED, STOPPED_CAUSE)
+    held = claim_cleanup(get_settings().control_table, arn, mine)
+    if held.claimant != mine.claimant:
+        logger.info("another party cleans up after this execution", extra={"claimant": held.claimant})
         return None
-    reason = described.get("cause") or "the execution was stopped"
-    return clean_up_stopped_execution(arn, cause=f"stopped outside query-relay: {reason}")
+    return _clean_up(arn, mine)
 
 
-def clean_up_stopped_execution(arn: str, *, cause: str, error: str = CANCELLED) -> Failure:
+def _wait_until_ended(arn: str) -> None:
+    """Give the party that cleans up a moment to end the execution, so that the answer shows it."""
+    deadline = time.monotonic() + ENDING_PATIENCE_SECONDS
+    while still_running(aws.sfn(), arn) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _clean_up(arn: str, claim: Claim) -> Failure:
     """Cancel the upstream task, drop partial output, give back the job's slot and announce
-    "Query Failed" (error ``Cancelled``, or ``QueryTimedOut`` for an execution that timed out)."""
+    "Query Failed" with the claim's error and cause (``Cancelled``, or ``QueryTimedOut``)."""
     client = aws.sfn()
     described = client.describe_execution(executionArn=arn)
     document = json.loads(described.get("input") or "null")
@@ -276,12 +304,12 @@ def clean_up_stopped_execution(arn: str, *, cause: str, error: str = CANCELLED) 
     state: dict[str, Any] = {
         "spec": document["spec"] if continued else document,
         "execution": document["execution"] if continued else described["name"],
-        "error": {"Error": error, "Cause": cause},
+        "error": {"Error": claim.error, "Cause": claim.cause},
     }
     job = _last_job_state(arn)
     if job is not None:
         state["job"] = job.model_dump(mode="json")
-    failure = Failure.model_validate(workflow.cleanup(state))
+    failure = workflow.undo(state)
     _announce_failure(failure)
     return failure
 
