@@ -21,6 +21,7 @@ death (``Runtime.ExitError``, ``Sandbox.Timedout``) and no stack trace, as Lambd
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -32,6 +33,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
@@ -104,9 +106,16 @@ class InvocationResult:
 class LocalLambdaRuntime:
     """The template's functions, imported on first use and kept warm for the runtime's life."""
 
-    def __init__(self, template: LocalTemplate, before_invoke: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        template: LocalTemplate,
+        before_invoke: Callable[[], None] | None = None,
+        acting_as: Callable[[Function], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.template = template
         self._before_invoke = before_invoke
+        # Around each invocation: the AWS identity its calls carry (the function's execution role).
+        self._acting_as = acting_as
         self._handlers: dict[str, Handler] = {}
         self._module_names: list[str] = []
         self._import_lock = threading.Lock()
@@ -121,7 +130,8 @@ class LocalLambdaRuntime:
             self._in_flight += 1
         _invocation.active = True
         try:
-            result = self._run(function, event, context)
+            with self._acting_as(function) if self._acting_as else contextlib.nullcontext():
+                result = self._run(function, event, context)
         finally:
             _invocation.active = False
             with self._idle:
@@ -226,12 +236,20 @@ def _error_result(error_type: str, message: str, frames: list[str], request_id: 
     return InvocationResult(json.dumps(body).encode(), function_error="Unhandled")
 
 
+# Checks an Invoke request (its signature, lambda:InvokeFunction on the function) as Lambda would:
+# None when allowed, else the error answer.
+InvokeAuthorizer = Callable[[Request, Function], "Response | None"]
+
+
 class LambdaInvokeMiddleware:
     """WSGI: Invoke calls for the template's functions go to the runtime, the rest to ``app``."""
 
-    def __init__(self, app: WSGIApplication, runtime: LocalLambdaRuntime) -> None:
+    def __init__(
+        self, app: WSGIApplication, runtime: LocalLambdaRuntime, authorize: InvokeAuthorizer | None = None
+    ) -> None:
         self.app = app
         self.runtime = runtime
+        self.authorize = authorize
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         match = _INVOKE_PATH.fullmatch(environ.get("PATH_INFO", ""))
@@ -243,10 +261,14 @@ class LambdaInvokeMiddleware:
 
     def _invoke(self, function: Function, request: Request) -> Response:
         body = request.get_data()
+        if self.authorize is not None:
+            refused = self.authorize(request, function)
+            if refused is not None:
+                return refused
         try:
             event = json.loads(body) if body.strip() else {}
         except ValueError:
-            return _service_error(
+            return service_error(
                 400, "InvalidRequestContentException", "Could not parse request body into json"
             )
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
@@ -267,7 +289,8 @@ class LambdaInvokeMiddleware:
         return Response(result.payload, status=200, headers=headers, content_type="application/json")
 
 
-def _service_error(status: int, error_type: str, message: str) -> Response:
+def service_error(status: int, error_type: str, message: str) -> Response:
+    """An error answer of the Lambda API (not of the function): ``x-amzn-ErrorType`` names it."""
     body = json.dumps({"Type": "User", "message": message})
     return Response(
         body, status=status, headers={"x-amzn-ErrorType": error_type}, content_type="application/json"

@@ -41,7 +41,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
-import boto3
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config
 from moto.core.config import default_user_config
@@ -49,6 +48,8 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import ThreadedWSGIServer
 
 from query_relay.history import continued_as
+from query_relay_local import aws_limits, iam
+from query_relay_local.iam import LocalIam, Principal, acting_as, translated_roles
 from query_relay_local.lambda_runtime import (
     CapturedLogs,
     InvocationResult,
@@ -94,6 +95,13 @@ _CONFLICTING_ENVIRONMENT = (
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
 )
 _LOOPBACK_NAMES = "127.0.0.1,localhost"
+# Signs the stack's setup calls, which run before any IAM user exists and are not checked.
+_SETUP_PRINCIPAL = Principal(
+    arn="setup",
+    access_key_id=_LOCAL_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+    secret_access_key=_LOCAL_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+)
+IAM_SWITCH = "QUERY_RELAY_LOCAL_IAM"
 _STOP_GRACE_SECONDS = 10.0
 
 EventCallback = Callable[["HistoryEventTypeDef"], None]
@@ -112,16 +120,24 @@ class LocalStack:
         *,
         parameter_overrides: Mapping[str, str] | None = None,
         echo_logs: TextIO | None = None,
+        enforce_iam: bool | None = None,
     ) -> None:
         self.template: LocalTemplate = load_template(template_path, parameter_overrides)
         self.function_environment = _merged_environment(self.template)
+        # IAM as AWS enforces it (query_relay_local.iam); QUERY_RELAY_LOCAL_IAM=off turns it off.
+        self.enforce_iam = iam_enforced_by_default() if enforce_iam is None else enforce_iam
+        self.iam = LocalIam(translated_roles(self.template))
         service_loggers = {
             env["POWERTOOLS_SERVICE_NAME"]
             for env in (f.environment for f in self.template.functions.values())
             if "POWERTOOLS_SERVICE_NAME" in env
         }
         self._logs = CapturedLogs(service_loggers, echo=echo_logs)
-        self._runtime = LocalLambdaRuntime(self.template, before_invoke=self._logs.redirect_service_handlers)
+        self._runtime = LocalLambdaRuntime(
+            self.template,
+            before_invoke=self._logs.redirect_service_handlers,
+            acting_as=lambda function: acting_as(self.iam.for_function(function.logical_id)),
+        )
         self._server: _TrackingServer | None = None
         self._thread: threading.Thread | None = None
         self._saved_environment: dict[str, str | None] = {}
@@ -152,11 +168,16 @@ class LocalStack:
             sfn_config["execute_state_machine"] = True
             _fix_moto_step_functions_integration()
             _fix_moto_stop_execution()
+            _fix_moto_dynamodb_atomicity()
+            aws_limits.install()  # AWS's payload and name limits (query_relay_local.aws_limits)
+            iam.patch_moto()
+            iam.enforce(False)  # the stack's own setup runs as an administrator, unchecked
             self._serve()
             self._apply_environment()
             self._logs.attach()
             self._reset_moto()
             self._deploy()
+            iam.enforce(self.enforce_iam)
         except BaseException:
             self.stop()
             raise
@@ -184,6 +205,9 @@ class LocalStack:
         self._clients.clear()
         self._runtime.close()
         self._logs.detach()
+        iam.enforce(False)
+        iam.uninstall()
+        iam.sign_state_machine_calls_with(None)
         self._restore_environment()
         if self._saved_execute_flag is not None:
             default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = (
@@ -278,6 +302,24 @@ class LocalStack:
                 raise TimeoutError(f"{execution_arn} still running after {timeout:.0f}s")
             time.sleep(0.1)
 
+    def deliver_schedule(self, name: str, scheduled_time: str, group: str | None = None) -> str:
+        """Do what EventBridge Scheduler does when schedule ``name`` fires for ``scheduled_time``
+        (moto stores schedules but never fires them): start its target with its input (the
+        ``<aws.scheduler.scheduled-time>`` placeholder filled in), signed as the role the schedule
+        names, as Scheduler assumes it. Returns the started execution's ARN; a role that may not
+        start it makes this raise AccessDeniedException, as Scheduler's delivery would fail."""
+        group = group or self.function_environment.get("SCHEDULE_GROUP") or "default"
+        target = self._client("scheduler").get_schedule(Name=name, GroupName=group)["Target"]
+        principal = self.iam.for_role_arn(target["RoleArn"])
+        if principal is None:
+            raise LocalStackError(f"schedule {name!r} names {target['RoleArn']}, not a role of the template")
+        payload = str(target.get("Input", "{}")).replace("<aws.scheduler.scheduled-time>", scheduled_time)
+        client = principal.client("stepfunctions", self.endpoint_url)
+        started = client.start_execution(
+            stateMachineArn=target["Arn"], name=f"scheduler-{secrets.token_hex(8)}", input=payload
+        )
+        return str(started["executionArn"])
+
     def execution_arn(self, name: str) -> str:
         """The ARN of this stack's execution named ``name`` (a job id)."""
         return f"{self.state_machine_arn.replace(':stateMachine:', ':execution:', 1)}:{name}"
@@ -336,22 +378,22 @@ class LocalStack:
     # --- internals ---------------------------------------------------------------------------
 
     def _client(self, service: str) -> Any:
+        """A client signing as the stack's administrator (before it exists, during the unchecked
+        setup, with any keys)."""
         with self._clients_lock:
             client = self._clients.get(service)
             if client is None:
-                client = boto3.client(
-                    service,  # type: ignore[call-overload]
-                    endpoint_url=self.endpoint_url,
-                    region_name=LOCAL_REGION,
-                    aws_access_key_id=_LOCAL_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
-                    aws_secret_access_key=_LOCAL_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
-                    config=Config(retries={"mode": "standard"}),
+                signer = self.iam.admin or _SETUP_PRINCIPAL
+                client = signer.client(
+                    service, self.endpoint_url, config=Config(retries={"mode": "standard"})
                 )
                 self._clients[service] = client
             return client
 
     def _serve(self) -> None:
-        app = LambdaInvokeMiddleware(DomainDispatcherApplication(create_backend_app), self._runtime)
+        app = LambdaInvokeMiddleware(
+            DomainDispatcherApplication(create_backend_app), self._runtime, authorize=iam.authorize_invoke
+        )
         self._server = _TrackingServer(HOST, 0, app, handler=_RequestHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(
@@ -398,7 +440,12 @@ class LocalStack:
             response.read()
 
     def _deploy(self) -> None:
-        """Create what template.yaml declares, as far as the local stack needs it."""
+        """Create what template.yaml declares, as far as the local stack needs it, and the IAM
+        principals every caller signs as (query_relay_local.iam)."""
+        admin = self.iam.create_admin(self._client("iam"))
+        self._clients.clear()  # from now on the stack's own calls sign as the administrator
+        iam.install(admin)
+        self.iam.create_roles()
         for bucket in self.template.buckets.values():
             self.s3.create_bucket(Bucket=bucket)
         for table in self.template.tables.values():
@@ -415,30 +462,22 @@ class LocalStack:
         schedule_group = self.function_environment.get("SCHEDULE_GROUP")
         if schedule_group:  # where the API keeps schedules (stored by moto, never fired)
             self._client("scheduler").create_schedule_group(Name=schedule_group)
-        iam = self._client("iam")
-        role = iam.create_role(
-            RoleName=f"{LOCAL_STACK_NAME}-state-machine",
-            AssumeRolePolicyDocument=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "states.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
-        )
         state_machine = self.template.state_machine
+        role = self.iam.translated.state_machine_roles.get(state_machine.logical_id)
+        if role is None:
+            raise LocalStackError(f"{state_machine.logical_id}: SAM gives it no role of this template")
         created = self.sfn.create_state_machine(
-            name=state_machine.logical_id,
+            name=state_machine.name,
             definition=state_machine.definition(),
-            roleArn=role["Role"]["Arn"],
+            roleArn=self.iam.translated.roles[role].arn,
             type=state_machine.type,  # type: ignore[arg-type]
         )
         self.state_machine_arn = created["stateMachineArn"]
+        if self.state_machine_arn != state_machine.arn:
+            raise LocalStackError(
+                f"moto named the state machine {self.state_machine_arn}, not {state_machine.arn}"
+            )
+        iam.sign_state_machine_calls_with(self.iam)
 
     def _capture_events(self, bus: str) -> None:
         sqs, events = self._client("sqs"), self._client("events")
@@ -515,11 +554,31 @@ def _as_integration_result(response: Any) -> Any:
     }
 
 
+def _fix_moto_dynamodb_atomicity() -> None:
+    """Make each DynamoDB request atomic, as on AWS. moto checks a ConditionExpression and then
+    writes, without a lock, and this server answers requests on many threads: two conditional
+    PutItems racing for one slot or one cleanup claim could both succeed here, never on AWS."""
+    from moto.dynamodb.responses import DynamoHandler  # noqa: PLC0415
+
+    if getattr(DynamoHandler, "_query_relay_fixed", False):
+        return
+    original = DynamoHandler.call_action
+    lock = threading.Lock()
+
+    def call_action(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    setattr(DynamoHandler, "call_action", call_action)  # noqa: B010 - patching moto
+    setattr(DynamoHandler, "_query_relay_fixed", True)  # noqa: B010
+
+
 def _fix_moto_stop_execution() -> None:
-    """Make StopExecution act at once, as on AWS: keep its ``error`` and ``cause`` (moto 5.2 drops
-    them; the console-stop handler tells an API cancel from a console stop by them), and mark the
-    execution ABORTED right away (moto's interpreter notices a stop only once the state it is in,
-    e.g. a running Lambda task, has ended, and reports RUNNING until then)."""
+    """Make StopExecution act at once, as on AWS: mark the execution ABORTED right away (moto's
+    interpreter notices a stop only once the state it is in, e.g. a running Lambda task, has ended,
+    and reports RUNNING until then). The stop's ``error`` and ``cause`` are not kept for
+    DescribeExecution: AWS documents those fields for FAILED executions only, so nothing here may
+    come to rely on them for an ABORTED one (who cleans up is settled by a claim, query_relay.claims)."""
     from moto.stepfunctions.parser.api import ExecutionStatus  # noqa: PLC0415
     from moto.stepfunctions.responses import StepFunctionResponse  # noqa: PLC0415
 
@@ -530,7 +589,6 @@ def _fix_moto_stop_execution() -> None:
     def stop_execution(self: Any) -> Any:
         answer = original(self)
         execution = self.stepfunction_backend.describe_execution(self._get_param("executionArn"))
-        execution.error, execution.cause = self._get_param("error"), self._get_param("cause")
         if getattr(execution, "exec_status", None) == ExecutionStatus.RUNNING:
             execution.exec_status = ExecutionStatus.ABORTED
             execution.stop_date = datetime.now(UTC)
@@ -538,6 +596,11 @@ def _fix_moto_stop_execution() -> None:
 
     setattr(StepFunctionResponse, "stop_execution", stop_execution)  # noqa: B010 - patching moto
     setattr(StepFunctionResponse, "_query_relay_fixed", True)  # noqa: B010
+
+
+def iam_enforced_by_default() -> bool:
+    """IAM is enforced unless ``QUERY_RELAY_LOCAL_IAM`` says off (for debugging a policy)."""
+    return os.environ.get(IAM_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 def camel_to_snake(name: str) -> str:

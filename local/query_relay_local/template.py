@@ -9,6 +9,7 @@ name, parameter defaults (or overrides).
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,19 @@ LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT_ID = "123456789012"
 LOCAL_PARTITION = "aws"
 LOCAL_STACK_NAME = "query-relay-local"
+# CloudFormation's id of a stack: an ARN ending in a UUID the stack keeps for its life.
+LOCAL_STACK_ID = (
+    f"arn:{LOCAL_PARTITION}:cloudformation:{LOCAL_REGION}:{LOCAL_ACCOUNT_ID}:stack/{LOCAL_STACK_NAME}/"
+    f"{uuid.uuid5(uuid.NAMESPACE_URL, LOCAL_STACK_NAME)}"
+)
+LOCAL_PSEUDO_PARAMETERS = {
+    "AWS::Region": LOCAL_REGION,
+    "AWS::AccountId": LOCAL_ACCOUNT_ID,
+    "AWS::Partition": LOCAL_PARTITION,
+    "AWS::StackName": LOCAL_STACK_NAME,
+    "AWS::StackId": LOCAL_STACK_ID,
+    "AWS::URLSuffix": "amazonaws.com",
+}
 DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 
 _FUNCTION = "AWS::Serverless::Function"
@@ -28,7 +42,10 @@ _STATE_MACHINE = "AWS::Serverless::StateMachine"
 _BUCKET = "AWS::S3::Bucket"
 _TABLE = "AWS::DynamoDB::Table"
 _ROLE = "AWS::IAM::Role"
+_SCHEDULE_GROUP = "AWS::Scheduler::ScheduleGroup"
+_MANAGED_POLICY = "AWS::IAM::ManagedPolicy"
 _SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+_INTRINSICS = ("Ref", "Fn::GetAtt", "Fn::Sub", "Fn::Join", "Fn::Select", "Fn::Split")
 
 
 class TemplateError(ValueError):
@@ -73,9 +90,14 @@ class Function:
 @dataclass(frozen=True)
 class StateMachine:
     logical_id: str
+    name: str  # its Name property as CloudFormation resolves it, else the logical id
     type: str
     definition_path: Path
     substitutions: dict[str, str]
+
+    @property
+    def arn(self) -> str:
+        return local_state_machine_arn(self.name)
 
     def definition(self) -> str:
         """The ASL with every ``${Name}`` replaced, exactly as CloudFormation would."""
@@ -109,6 +131,14 @@ class LocalTemplate:
     state_machines: dict[str, StateMachine]
     buckets: dict[str, str]  # logical id -> local bucket name
     tables: dict[str, Table] = field(default_factory=dict)
+    resolver: _Resolver | None = field(default=None, repr=False)
+
+    def resolve(self, value: Any, where: str) -> Any:
+        """A template value with its intrinsics (Ref, Fn::GetAtt, Fn::Sub) resolved to the local
+        stand-ins, recursively through lists and mappings (an IAM policy document, say)."""
+        if self.resolver is None:
+            raise TemplateError("this template was not loaded with load_template")
+        return self.resolver.resolve_deep(value, where)
 
     @property
     def state_machine(self) -> StateMachine:
@@ -137,6 +167,10 @@ def local_state_machine_arn(name: str) -> str:
     return f"arn:{LOCAL_PARTITION}:states:{LOCAL_REGION}:{LOCAL_ACCOUNT_ID}:stateMachine:{name}"
 
 
+def local_policy_arn(name: str) -> str:
+    return f"arn:{LOCAL_PARTITION}:iam::{LOCAL_ACCOUNT_ID}:policy/{name}"
+
+
 def local_bucket_name(logical_id: str) -> str:
     """A valid, stable S3 name: ``ResultsBucket`` -> ``query-relay-local-results-bucket``."""
     kebab = re.sub(r"(?<!^)(?=[A-Z])", "-", logical_id).lower()
@@ -149,9 +183,13 @@ def local_table_name(logical_id: str) -> str:
 
 
 def load_template(
-    path: Path = DEFAULT_TEMPLATE_PATH, parameter_overrides: Mapping[str, str] | None = None
+    path: Path = DEFAULT_TEMPLATE_PATH,
+    parameter_overrides: Mapping[str, str] | None = None,
+    pseudo_parameters: Mapping[str, str] | None = None,
 ) -> LocalTemplate:
-    document = _decode(path)
+    """The template resolved against the local stack; ``pseudo_parameters`` replace the local
+    stack's own (``AWS::StackName``, ``AWS::Partition``, ...), to see what another stack would get."""
+    document = decode_template(path)
     resources: dict[str, Any] = dict(document.get("Resources") or {})
     parameters = {
         name: Parameter(name=name, type=str(spec.get("Type", "String")), default=_scalar_or_none(spec))
@@ -164,7 +202,13 @@ def load_template(
         for lid, res in resources.items()
         if res.get("Type") == _TABLE
     }
-    resolver = _Resolver(values, resources, buckets, {lid: table.name for lid, table in tables.items()})
+    resolver = _Resolver(
+        values,
+        resources,
+        buckets,
+        {lid: table.name for lid, table in tables.items()},
+        pseudo={**LOCAL_PSEUDO_PARAMETERS, **(pseudo_parameters or {})},
+    )
     function_defaults = dict((document.get("Globals") or {}).get("Function") or {})
     functions = {
         lid: _function(lid, dict(res.get("Properties") or {}), function_defaults, path.parent, resolver)
@@ -184,10 +228,12 @@ def load_template(
         state_machines=state_machines,
         buckets=buckets,
         tables=tables,
+        resolver=resolver,
     )
 
 
-def _decode(path: Path) -> dict[str, Any]:
+def decode_template(path: Path) -> dict[str, Any]:
+    """template.yaml as a document, CloudFormation's short forms (!Ref, !Sub, ...) in long form."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -261,6 +307,7 @@ def _state_machine(
     }
     return StateMachine(
         logical_id=logical_id,
+        name=resolver.physical_name(logical_id, f"{logical_id}.Name"),
         type=str(properties.get("Type", "STANDARD")),
         definition_path=(template_dir / definition_uri).resolve(),
         substitutions=substitutions,
@@ -289,21 +336,14 @@ def _as_string(value: Any) -> str:
 
 @dataclass
 class _Resolver:
-    """Resolves Ref, Fn::GetAtt and Fn::Sub against the local stand-ins of the template's resources."""
+    """Resolves Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Select and Fn::Split against the local
+    stand-ins of the template's resources."""
 
     parameters: Mapping[str, str]
     resources: Mapping[str, Any]
     buckets: Mapping[str, str]
     tables: Mapping[str, str]
-    pseudo: Mapping[str, str] = field(
-        default_factory=lambda: {
-            "AWS::Region": LOCAL_REGION,
-            "AWS::AccountId": LOCAL_ACCOUNT_ID,
-            "AWS::Partition": LOCAL_PARTITION,
-            "AWS::StackName": LOCAL_STACK_NAME,
-            "AWS::URLSuffix": "amazonaws.com",
-        }
-    )
+    pseudo: Mapping[str, str] = field(default_factory=lambda: dict(LOCAL_PSEUDO_PARAMETERS))
 
     def resolve(self, value: Any, where: str) -> Any:
         if isinstance(value, Mapping) and len(value) == 1:
@@ -315,6 +355,15 @@ class _Resolver:
                 return self.get_att(str(target), str(attribute), where)
             if function == "Fn::Sub":
                 return self.sub(argument, where)
+            if function == "Fn::Join":
+                delimiter, items = argument
+                return str(delimiter).join(_as_string(item) for item in self._list(items, where))
+            if function == "Fn::Select":
+                index, items = argument
+                return self._list(items, where)[int(self.resolve(index, where))]
+            if function == "Fn::Split":
+                delimiter, text = argument
+                return _as_string(self.resolve(text, where)).split(str(delimiter))
         if isinstance(value, Mapping | list):
             raise TemplateError(
                 f"{where}: cannot resolve {dict(value) if isinstance(value, Mapping) else value}"
@@ -334,7 +383,11 @@ class _Resolver:
         if kind == _FUNCTION:
             return name  # Ref of a function is its name; locally the logical id
         if kind == _STATE_MACHINE:
-            return local_state_machine_arn(name)
+            return local_state_machine_arn(self.physical_name(name, where))
+        if kind in (_SCHEDULE_GROUP, _ROLE):
+            return self.physical_name(name, where)
+        if kind == _MANAGED_POLICY:
+            return local_policy_arn(self.physical_name(name, where))
         raise TemplateError(f"{where}: Ref to {name} ({kind}) has no local stand-in")
 
     def get_att(self, name: str, attribute: str, where: str) -> str:
@@ -347,9 +400,9 @@ class _Resolver:
             table = self.tables[name]
             return f"arn:{LOCAL_PARTITION}:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT_ID}:table/{table}"
         if kind == _STATE_MACHINE and attribute == "Name":
-            return name
+            return self.physical_name(name, where)
         if kind == _ROLE and attribute == "Arn":
-            return f"arn:{LOCAL_PARTITION}:iam::{LOCAL_ACCOUNT_ID}:role/{name}"
+            return f"arn:{LOCAL_PARTITION}:iam::{LOCAL_ACCOUNT_ID}:role/{self.physical_name(name, where)}"
         raise TemplateError(f"{where}: Fn::GetAtt {name}.{attribute} has no local stand-in")
 
     def sub(self, argument: Any, where: str) -> str:
@@ -370,6 +423,35 @@ class _Resolver:
 
         # "${!Literal}" stands for the text "${Literal}".
         return _SUB_VARIABLE.sub(replace, text).replace("${!", "${")
+
+    def resolve_deep(self, value: Any, where: str) -> Any:
+        if isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in _INTRINSICS:
+            return self.resolve(value, where)
+        if isinstance(value, Mapping):
+            return {key: self.resolve_deep(item, f"{where}.{key}") for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.resolve_deep(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        return value
+
+    def physical_name(self, logical_id: str, where: str) -> str:
+        """A resource's name: its ``Name`` (``RoleName`` for a role) property resolved, else the
+        logical id (CloudFormation would generate one; locally the logical id is stable and short)."""
+        resource = self.resources.get(logical_id) or {}
+        key = {_ROLE: "RoleName", _MANAGED_POLICY: "ManagedPolicyName"}.get(str(resource.get("Type")), "Name")
+        declared = (resource.get("Properties") or {}).get(key)
+        return logical_id if declared is None else _as_string(self.resolve(declared, where))
+
+    def _list(self, value: Any, where: str) -> list[Any]:
+        """A list argument (Fn::Join, Fn::Select): a literal list, each item resolved, or what an
+        intrinsic (Fn::Split) returns."""
+        items = (
+            [self.resolve(item, where) for item in value]
+            if isinstance(value, list)
+            else self.resolve(value, where)
+        )
+        if not isinstance(items, list):
+            raise TemplateError(f"{where}: expected a list, got {items!r}")
+        return items
 
     def _type_of(self, name: str, where: str) -> str:
         resource = self.resources.get(name)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -190,11 +191,41 @@ def test_cancelling_a_polling_job_stops_it_deletes_the_upstream_task_and_announc
             }
         ]
         assert list(stack.keys()) == []
-        # and a job that has ended cannot be cancelled again; an unknown one is not found
+        # and cancelling it again answers the same, cleaning up nothing more; an unknown job is not found
         again = api.delete("/queries/cancel-1")
-        assert again.status_code == 409
-        assert again.json()["error"] == "JobFinished"
+        assert again.status_code == 200
+        assert again.json()["status"] == "ABORTED"
+        assert len([event for event in stack.events() if event["detail-type"] == "Query Failed"]) == 1
         assert api.delete("/queries/no-such-job").status_code == 404
+
+
+def test_five_deletes_of_one_running_job_at_once_clean_it_up_once(esql_emulator: EsqlEmulator) -> None:
+    # Given a job polling a query that runs for a minute
+    esql_emulator.config.query_seconds = 60
+    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
+    with (
+        LocalStack(parameter_overrides=overrides) as stack,
+        LocalApiServer(stack) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as api,
+    ):
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        assert api.post("/queries", json=spec(job_id="cancel-5x")).status_code == 202
+        upstream_id = wait_for(api, "cancel-5x", lambda view: view["polls"] >= 1)["upstream_id"]
+        # When five clients cancel it at the same moment
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            answers = list(pool.map(lambda _: api.delete("/queries/cancel-5x"), range(5)))
+        # Then every one of them is answered with the job, stopped
+        assert [answer.status_code for answer in answers] == [200] * 5
+        assert {(answer.json()["job_id"], answer.json()["status"]) for answer in answers} == {
+            ("cancel-5x", "ABORTED")
+        }
+        # and it was cleaned up once: one cancel reached the upstream, one "Query Failed" was sent
+        assert esql_emulator.task_states()[upstream_id] == "deleted"
+        deletes = [request for request in esql_emulator.requests if request.method == "DELETE"]
+        assert len(deletes) == 1
+        failed = [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+        assert [(detail["job_id"], detail["error"]) for detail in failed] == [("cancel-5x", "Cancelled")]
+        assert list(stack.keys()) == []
 
 
 # --- bad requests --------------------------------------------------------------------------------
@@ -303,15 +334,14 @@ def test_an_invalid_schedule_is_refused_naming_the_field(
 def test_a_schedule_trigger_delivered_twice_runs_its_job_once(api: httpx.Client, stack: LocalStack) -> None:
     # Given a schedule, and the input Scheduler sends for its 02:00 run
     assert api.post("/schedules", json=nightly()).status_code == 201
-    group = stack.function_environment["SCHEDULE_GROUP"]
-    target = stack.client("scheduler").get_schedule(Name="nightly-departments", GroupName=group)["Target"]
-    trigger = json.loads(target["Input"].replace("<aws.scheduler.scheduled-time>", "2026-11-25T01:00:00Z"))
-    # When Scheduler delivers that trigger twice (it delivers at least once)
-    launches = [stack.start_job(trigger, job_id=f"scheduler-delivery-{n}") for n in (1, 2)]
+    # When Scheduler delivers its 02:00 (Paris) trigger twice (it delivers at least once), as the
+    # template's SchedulerRole
+    launches = [stack.deliver_schedule("nightly-departments", "2026-11-25T01:00:00Z") for _ in (1, 2)]
     # Then both deliveries end quietly and exactly one job runs, named for the schedule and time
     assert [stack.wait(arn)["status"] for arn in launches] == ["SUCCEEDED", "SUCCEEDED"]
     job_id = "nightly-departments-2026-11-25T010000Z"
-    assert sorted(executions(stack)) == sorted([job_id, "scheduler-delivery-1", "scheduler-delivery-2"])
+    launchers = [arn.rpartition(":")[2] for arn in launches]
+    assert sorted(executions(stack)) == sorted([job_id, *launchers])
     view = wait_for(api, job_id, ended)
     assert view["status"] == "SUCCEEDED"
     assert view["manifest"]["job_id"] == job_id
@@ -319,7 +349,7 @@ def test_a_schedule_trigger_delivered_twice_runs_its_job_once(api: httpx.Client,
     listed = api.get("/queries").raise_for_status().json()["jobs"]
     assert [entry["job_id"] for entry in listed] == [job_id]
     # while a delivery's own execution reads as a job without a result of its own
-    delivery = api.get("/queries/scheduler-delivery-1").json()
+    delivery = api.get(f"/queries/{launchers[0]}").json()
     assert (delivery["status"], delivery["manifest"]) == ("SUCCEEDED", None)
 
 

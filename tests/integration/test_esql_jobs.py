@@ -104,6 +104,7 @@ def test_a_query_finished_inside_the_submit_wait_runs_no_wait_state(
         "row_count": len(expected),
         "byte_count": manifest["byte_count"],
         "polls": 0,
+        "announced": True,
     }
     ready = [event for event in stack.events() if event["detail-type"] == "Query Result Ready"]
     assert [event["detail"]["job_id"] for event in ready] == ["fast-path-1"]

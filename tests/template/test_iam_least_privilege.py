@@ -86,8 +86,8 @@ def policy_template_parameters(template: dict[str, Any]) -> Iterator[tuple[str, 
         if resource["Type"] not in _SAM_RESOURCES:
             continue
         for policy in as_list(resource.get("Properties", {}).get("Policies", [])):
-            if not isinstance(policy, dict) or "Statement" in policy:
-                continue  # a managed policy name, or an inline statement (checked above)
+            if not isinstance(policy, dict) or "Statement" in policy or "Ref" in policy:
+                continue  # a managed policy (by name or Ref), or an inline statement (checked above)
             for template_name, parameters in policy.items():
                 for name, value in (parameters or {}).items():
                     yield f"{logical_id}.{template_name}.{name}", value
@@ -124,9 +124,15 @@ def test_the_template_grants_are_all_seen() -> None:
     # The checks above must cover what the template really grants, not an empty list.
     template = load_template()
     wheres = {where.split(".")[0] for where, _ in statements(template)}
-    assert {"ApiFunction", "SchedulerRole", "QueryStateMachine"} <= wheres
+    assert {
+        "ApiFunction",
+        "SchedulerRole",
+        "QueryStateMachine",
+        "ResultsWritePolicy",
+        "ResultsDiscardPolicy",
+    } <= wheres
     parameters = dict(policy_template_parameters(template))
-    assert any(where.endswith("S3CrudPolicy.BucketName") for where in parameters)
+    assert any(where.endswith("EventBridgePutEventsPolicy.EventBusName") for where in parameters)
     assert any(where.endswith("AWSSecretsManagerGetSecretValuePolicy.SecretArn") for where in parameters)
 
 

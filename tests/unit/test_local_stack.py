@@ -12,10 +12,12 @@ import os
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from moto.dynamodb.models import table as moto_table
 
 from query_relay.settings import get_settings
 from query_relay_local.stack import LocalStack, LocalStackError
@@ -108,6 +110,7 @@ Parameters:
     Default: tiny-bus
 Globals:
   Function:
+    Runtime: python3.13
     Timeout: 2
     MemorySize: 192
     Environment:
@@ -122,10 +125,18 @@ Resources:
     Properties:
       CodeUri: tiny
       Handler: app.handle
+      Policies:  # the local stack enforces IAM: grant what the handler and the machine call
+        - S3WritePolicy:
+            BucketName: !Ref DataBucket
   Machine:
     Type: AWS::Serverless::StateMachine
     Properties:
       DefinitionUri: machine.asl.json
+      Policies:
+        - LambdaInvokePolicy:
+            FunctionName: !Ref Tiny
+        - EventBridgePutEventsPolicy:
+            EventBusName: !Ref EventBusName
       DefinitionSubstitutions:
         TinyArn: !GetAtt Tiny.Arn
         Bus: !Ref EventBusName
@@ -319,7 +330,8 @@ def test_the_application_is_deployed_from_the_template() -> None:
 
     assert buckets == [stack.bucket]
     assert stack.bucket == "query-relay-local-results-bucket"
-    assert machine["name"] == "QueryStateMachine"
+    assert machine["name"] == stack.template.state_machine.name  # the template's Name, resolved
+    assert stack.state_machine_arn == stack.template.state_machine.arn
     assert machine["type"] == "STANDARD"
     definition = json.loads(machine["definition"])
     assert definition["States"]["Submit"]["Resource"] == (
@@ -446,3 +458,41 @@ def test_functions_that_disagree_on_a_variable_are_refused(tmp_path: Path) -> No
 
     with pytest.raises(LocalStackError, match="One and Two set MODE to different values"):
         LocalStack(tmp_path / "template.yaml")
+
+
+def test_conditional_writes_are_atomic_as_on_aws(
+    tiny_stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a table, and twenty callers racing for one item with a condition that only one may pass;
+    # moto made slow between reading the item and writing it, so that a race shows every time
+    parse_condition = vars(moto_table)["get_filter_expression"]
+
+    def slow_condition(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return parse_condition(*args, **kwargs)
+
+    monkeypatch.setattr(moto_table, "get_filter_expression", slow_condition)
+    dynamodb = tiny_stack.client("dynamodb")
+    dynamodb.create_table(
+        TableName="claims",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    def claim(caller: int) -> bool:
+        try:
+            dynamodb.put_item(
+                TableName="claims",
+                Item={"pk": {"S": "cleanup#job"}, "caller": {"N": str(caller)}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # When they all write at once
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        won = list(pool.map(claim, range(20)))
+    # Then exactly one wins, as DynamoDB guarantees
+    assert won.count(True) == 1

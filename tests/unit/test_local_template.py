@@ -19,7 +19,13 @@ from query_relay_local.template import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
-WORKFLOW_FUNCTIONS = ("SubmitFunction", "PollFunction", "FetchFunction", "CleanupFunction")
+WORKFLOW_FUNCTIONS = (
+    "SubmitFunction",
+    "PollFunction",
+    "FetchFunction",
+    "CleanupFunction",
+    "UnannouncedResultFunction",
+)
 
 
 def write_template(directory: Path, body: str) -> Path:
@@ -68,7 +74,7 @@ def test_function_settings_merge_globals_with_the_function() -> None:
     assert submit.environment["RESULTS_BUCKET"] == template.buckets["ResultsBucket"]
     # A function's own variables stay its own
     api = template.functions["ApiFunction"]
-    assert api.environment["STATE_MACHINE_ARN"].endswith(":stateMachine:QueryStateMachine")
+    assert api.environment["STATE_MACHINE_ARN"] == template.state_machine.arn
     assert "STATE_MACHINE_ARN" not in cleanup.environment
 
 
@@ -77,7 +83,7 @@ def test_substitutions_resolve_to_local_function_arns_and_parameter_defaults() -
 
     substitutions = template.state_machine.substitutions
 
-    for name in ("Submit", "Poll", "Fetch", "Cleanup"):
+    for name in ("Submit", "Poll", "Fetch", "Cleanup", "UnannouncedResult"):
         assert substitutions[f"{name}FunctionArn"] == (
             f"arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT_ID}:function:{name}Function"
         )
@@ -187,7 +193,8 @@ def test_sub_resolves_parameters_pseudo_parameters_attributes_and_escapes(tmp_pa
             r"Worker\.Environment\.Variables\.BROKEN: Nowhere is neither a parameter nor a resource",
         ),
         ("!GetAtt Worker.Name", r"Fn::GetAtt Worker\.Name has no local stand-in"),
-        ("!Join [',', [a, b]]", r"cannot resolve"),
+        ("!Base64 text", r"cannot resolve"),
+        ("!Select [0, !Ref Nowhere]", r"Nowhere is neither a parameter nor a resource"),
     ],
 )
 def test_an_unresolvable_reference_is_reported_with_its_place(
@@ -264,3 +271,37 @@ def test_tables_are_read_with_their_keys_and_referenced_by_name() -> None:
     assert table.key_schema == [{"AttributeName": "pk", "KeyType": "HASH"}]
     assert table.attribute_definitions == [{"AttributeName": "pk", "AttributeType": "S"}]
     assert template.functions["SubmitFunction"].environment["CONTROL_TABLE"] == table.name
+
+
+def test_join_select_and_split_resolve_like_cloudformation(tmp_path: Path) -> None:
+    # Given names built from the stack's id, as template.yaml builds them
+    path = write_template(
+        tmp_path,
+        """
+        Resources:
+          Worker:
+            Type: AWS::Serverless::Function
+            Properties:
+              CodeUri: src
+              Handler: app.handler
+              Environment:
+                Variables:
+                  STACK_UUID: !Select [2, !Split ["/", !Ref AWS::StackId]]
+                  GROUP: !Join ["", ["group-", !Select [2, !Split ["/", !Ref AWS::StackId]]]]
+                  PARTS: !Join [",", [a, !Ref AWS::StackName, c]]
+        """,
+    )
+    stack_uuid = "0f9e8d7c-aaaa-bbbb-cccc-1234567890ab"
+    stack_id = f"arn:aws-cn:cloudformation:cn-north-1:123456789012:stack/other-stack/{stack_uuid}"
+
+    # When it is loaded for another stack's pseudo parameters
+    environment = (
+        load_template(path, pseudo_parameters={"AWS::StackId": stack_id, "AWS::StackName": "other-stack"})
+        .functions["Worker"]
+        .environment
+    )
+
+    # Then each intrinsic gives what CloudFormation would
+    assert environment["STACK_UUID"] == stack_uuid
+    assert environment["GROUP"] == f"group-{stack_uuid}"
+    assert environment["PARTS"] == "a,other-stack,c"

@@ -1,4 +1,5 @@
-"""The four steps of a job, one function per Lambda: submit, poll, fetch, cleanup.
+"""The steps of a job, one function per Lambda: submit, poll, fetch, cleanup (and, when a landed
+result could not be announced, report_unannounced).
 
 Each takes the execution state the state machine hands its Lambda and returns the part the
 state machine stores (see ``query_relay.state``). Handlers only call these.
@@ -15,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from query_relay import aws, submissions
+from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
-from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError
+from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError, cut_message
 from query_relay.history import continuation_name, should_continue, still_running
+from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, Manifest, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
@@ -32,11 +35,13 @@ from query_relay.providers import (
 )
 from query_relay.results import ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
-from query_relay.state import Failure, JobState, ResultPointer
+from query_relay.state import Failure, JobState, ResultPointer, UnannouncedResult
 from query_relay.submissions import StartedTask
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
+# An AWS error's cause is a sentence or two; a log line keeps at most this much of it.
+MAX_LOGGED_CAUSE = 1000
 
 
 def _writer() -> ResultWriter:
@@ -72,6 +77,7 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     return the job QUEUED with the Wait before asking again (the state machine calls Submit again
     with that job state)."""
     spec = parse_job_spec(event["spec"])
+    check_spec_fits(event["spec"])  # before anything starts upstream (query_relay.limits)
     job_id = spec.job_id or str(event["execution"])
     logger.append_keys(job_id=job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
@@ -166,7 +172,7 @@ def _recorder(
         except Exception as error:  # noqa: BLE001 - only a retry after a crash would miss it
             logger.warning(
                 "could not record the started task",
-                extra={"reason": type(error).__name__, "message": str(error)},
+                extra={"reason": type(error).__name__, "detail": str(error)},
             )
 
     return record
@@ -216,7 +222,8 @@ def _undo_if_stopped_meanwhile(event: dict[str, Any], job: JobState) -> None:
     if running:
         return
     logger.warning("the execution ended while Submit ran: undoing what Submit started")
-    cleanup(
+    # Not claimed: the party that claimed this execution's cleanup found no job state to undo.
+    undo(
         {
             "spec": event["spec"],
             "execution": event.get("execution"),
@@ -303,7 +310,7 @@ def _release_slot_quietly(job_id: str, connection_name: str) -> None:
     except Exception as error:  # noqa: BLE001 - the job's outcome stands; the slot is freed later
         logger.warning(
             "could not give the concurrency slot back",
-            extra={"reason": type(error).__name__, "message": str(error)},
+            extra={"reason": type(error).__name__, "detail": str(error)},
         )
 
 
@@ -437,7 +444,7 @@ def _release_quietly(provider: Provider, job: JobState) -> None:
     except Exception as error:  # noqa: BLE001
         logger.warning(
             "could not release the upstream result",
-            extra={"reason": type(error).__name__, "message": str(error)},
+            extra={"reason": type(error).__name__, "detail": str(error)},
         )
 
 
@@ -480,34 +487,59 @@ def _land(spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
 
 
 def cleanup(event: dict[str, Any]) -> dict[str, Any]:
-    """Turn a caught error into a clean failure: cancel the upstream task where possible, drop
-    partial output, and return the name and cause the Fail state and the event carry."""
+    """The Cleanup state: claim the execution's cleanup (``query_relay.claims``), then turn the
+    caught error into a clean failure (``undo``). When an API cancel claimed it first, that cancel
+    cleans up and announces, and this execution is being stopped: nothing is undone here, and the
+    failure, marked ``claimed: false`` so the machine sends no event, carries the cancel's error
+    and cause."""
+    failure = _failure_of(event, _job_of(event))
+    execution_arn = event.get("execution_arn")
+    if isinstance(execution_arn, str):
+        mine = Claim(MACHINE_CLAIMANT, failure.error, failure.cause)
+        held = claim_cleanup(get_settings().control_table, execution_arn, mine)
+        if held.claimant != mine.claimant:
+            logger.info("another party cleans up after this execution", extra={"claimant": held.claimant})
+            failure = failure.model_copy(update={"error": held.error, "cause": held.cause, "claimed": False})
+            return failure.model_dump(mode="json")
+    return undo(event).model_dump(mode="json")
+
+
+def undo(event: dict[str, Any]) -> Failure:
+    """Undo what a job that ended without its result started: cancel the upstream task where
+    possible, drop partial output, give back its slot; the failure (name and cause) the Fail
+    state and the "Query Failed" event carry. The caller has claimed the cleanup."""
+    job = _job_of(event)
+    failure = _failure_of(event, job)
+    if job is not None:
+        failure.upstream_cancelled = _cancel_upstream(job)
+        _discard_partial_output(event, job)
+    if failure.job_id and _may_hold_slot(job, failure.connection):
+        _release_slot_quietly(failure.job_id, failure.connection)
+    logger.warning("job failed", extra=failure.model_dump(include={"error", "cause", "upstream_cancelled"}))
+    metrics.add_metric(name="JobsFailed", unit="Count", value=1)
+    return failure
+
+
+def _job_of(event: dict[str, Any]) -> JobState | None:
+    """The job state (``$.job``), if the job got as far as Submit."""
+    return JobState.model_validate(event["job"]) if isinstance(event.get("job"), dict) else None
+
+
+def _failure_of(event: dict[str, Any], job: JobState | None) -> Failure:
+    """The failure an execution state names (its job, connection and caught error); nothing undone yet."""
     error = event.get("error") or {}
-    error_name = str(error.get("Error") or "UnknownError")
-    cause = _readable_cause(error.get("Cause"))
     raw_spec = event.get("spec")
     spec_document: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
-    job = JobState.model_validate(event["job"]) if isinstance(event.get("job"), dict) else None
     job_id = job.job_id if job else str(spec_document.get("job_id") or event.get("execution") or "")
     connection = job.connection if job else str(spec_document.get("connection") or "")
     logger.append_keys(job_id=job_id, connection=connection)
-    cancelled = False
-    if job is not None:
-        cancelled = _cancel_upstream(job)
-        _discard_partial_output(event, job)
-    if job_id and _may_hold_slot(job, connection):
-        _release_slot_quietly(job_id, connection)
-    failure = Failure(
+    return Failure(
         job_id=job_id,
         connection=connection,
         provider=job.provider if job else _provider_name_of(connection),
-        error=error_name,
-        cause=cause,
-        upstream_cancelled=cancelled,
+        error=str(error.get("Error") or "UnknownError"),
+        cause=_readable_cause(error.get("Cause")),
     )
-    logger.warning("job failed", extra={"error": error_name, "cause": cause, "upstream_cancelled": cancelled})
-    metrics.add_metric(name="JobsFailed", unit="Count", value=1)
-    return failure.model_dump(mode="json")
 
 
 def _may_hold_slot(job: JobState | None, connection_name: str) -> bool:
@@ -533,16 +565,17 @@ def _provider_name_of(connection_name: str) -> str:
 
 
 def _readable_cause(raw: Any) -> str:
-    """A Lambda error's Cause is a JSON document with a stack trace: keep only the message."""
+    """A Lambda error's Cause is a JSON document with a stack trace: keep only the message, cut
+    to size (it travels in the state and the event: query_relay.limits)."""
     if not isinstance(raw, str):
         return ""
     try:
         document = json.loads(raw)
     except ValueError:
-        return raw
+        return cut_message(raw)
     if isinstance(document, dict) and "errorMessage" in document:
-        return str(document["errorMessage"])
-    return raw
+        return cut_message(str(document["errorMessage"]))
+    return cut_message(raw)
 
 
 def _cancel_upstream(job: JobState) -> bool:
@@ -557,7 +590,7 @@ def _cancel_upstream(job: JobState) -> bool:
     except Exception as error:  # noqa: BLE001 - cleanup must finish whatever went wrong upstream
         logger.warning(
             "could not cancel the upstream task",
-            extra={"reason": type(error).__name__, "message": str(error)},
+            extra={"reason": type(error).__name__, "detail": str(error)},
         )
         return False
 
@@ -567,7 +600,28 @@ def _discard_partial_output(event: dict[str, Any], job: JobState) -> None:
         spec = parse_job_spec(event["spec"])
         removed = _writer().discard(job_prefix(spec.output, job.job_id, job.submitted_at))
     except Exception as error:  # noqa: BLE001 - the job has failed already; report, don't mask it
-        logger.warning("could not remove partial output", extra={"message": str(error)})
+        logger.warning("could not remove partial output", extra={"detail": str(error)})
         return
     if removed:
         logger.info("removed partial output", extra={"objects": removed})
+
+
+# --- a landed result that could not be announced -------------------------------------------------
+
+
+def report_unannounced(event: dict[str, Any]) -> dict[str, Any]:
+    """The result landed (the manifest is the truth, and the job succeeds) but "Query Result Ready"
+    could not be sent: leave an ERROR line and a ``ResultNotAnnounced`` metric an alarm can watch."""
+    unannounced = UnannouncedResult.model_validate(event)
+    logger.append_keys(job_id=unannounced.job_id)
+    logger.error(
+        "result landed but its Query Result Ready event was not sent",
+        extra={
+            "manifest_key": unannounced.manifest_key,
+            "bucket": unannounced.bucket,
+            "error": str(unannounced.error.get("Error") or "UnknownError"),
+            "cause": _readable_cause(unannounced.error.get("Cause"))[:MAX_LOGGED_CAUSE],
+        },
+    )
+    metrics.add_metric(name="ResultNotAnnounced", unit="Count", value=1)
+    return {"announced": False}

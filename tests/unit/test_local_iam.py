@@ -1,0 +1,52 @@
+"""query_relay_local.iam without a stack: which resource each action the app calls is authorised
+against (moto checks non-S3 actions against "*", which no scoped grant matches)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from query_relay_local.iam import _keys_to_delete, request_resource
+
+REGION, ACCOUNT = "eu-west-1", "111122223333"
+TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/control"
+BUS = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/"
+SCHEDULE = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/"
+
+
+@pytest.mark.parametrize(
+    ("service", "action", "params", "resource"),
+    [
+        ("dynamodb", "PutItem", {"TableName": "control"}, TABLE),
+        ("dynamodb", "GetItem", {"TableName": TABLE}, TABLE),
+        ("secretsmanager", "GetSecretValue", {"SecretId": "query-relay/connections/es"},
+         f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:query-relay/connections/es"),
+        ("states", "DescribeExecution", {"executionArn": "arn:aws:states:r:1:execution:m:j"},
+         "arn:aws:states:r:1:execution:m:j"),
+        ("states", "StartExecution", {"stateMachineArn": "arn:aws:states:r:1:stateMachine:m", "name": "j"},
+         "arn:aws:states:r:1:stateMachine:m"),
+        ("events", "PutEvents", {"Entries": [{"EventBusName": "jobs"}]},
+         BUS + "jobs"),
+        ("events", "PutEvents", {"Entries": [{"Source": "x"}]}, BUS + "default"),
+        ("events", "PutEvents", {"Entries": [{"EventBusName": "a"}, {"EventBusName": "b"}]}, "*"),
+        ("scheduler", "CreateSchedule", {"Name": "nightly", "GroupName": "g"},
+         SCHEDULE + "g/nightly"),
+        ("scheduler", "GetSchedule", {"Name": "nightly"}, SCHEDULE + "default/nightly"),
+        ("scheduler", "ListSchedules", {"GroupName": "g"}, "*"),
+        ("sqs", "ReceiveMessage", {}, "*"),
+    ],
+)  # fmt: skip
+def test_each_action_is_authorised_against_the_resource_aws_names(
+    service: str, action: str, params: dict[str, Any], resource: str
+) -> None:
+    assert request_resource(service, action, params, REGION, ACCOUNT) == resource
+
+
+def test_the_keys_of_a_delete_objects_body_are_each_checked() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<Object><Key>a/part-00000.jsonl</Key></Object><Object><Key>a/_manifest.json</Key></Object>"
+        b"<Quiet>true</Quiet></Delete>"
+    )
+    assert _keys_to_delete(body) == ["a/part-00000.jsonl", "a/_manifest.json"]
