@@ -3,6 +3,7 @@ local stack, against the ES|QL emulator."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -158,10 +159,10 @@ def test_jobs_are_listed_newest_first_in_pages_and_filtered_by_state(api: httpx.
 # --- cancel --------------------------------------------------------------------------------------
 
 
-def test_cancelling_a_polling_job_stops_it_deletes_the_upstream_task_and_announces_it(
-    esql_emulator: EsqlEmulator,
-) -> None:
-    # Given a job polling a query that runs for a minute (short submit wait and long-polls)
+@contextlib.contextmanager
+def polling_api(esql_emulator: EsqlEmulator) -> Iterator[tuple[LocalStack, httpx.Client]]:
+    """A stack and its API whose ES|QL jobs run for a minute and poll (no submit wait, short
+    long-polls): a job stays RUNNING long enough to be cancelled."""
     esql_emulator.config.query_seconds = 60
     overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
     with (
@@ -170,6 +171,14 @@ def test_cancelling_a_polling_job_stops_it_deletes_the_upstream_task_and_announc
         httpx.Client(base_url=server.base_url, timeout=30) as api,
     ):
         stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        yield stack, api
+
+
+def test_cancelling_a_polling_job_stops_it_deletes_the_upstream_task_and_announces_it(
+    esql_emulator: EsqlEmulator,
+) -> None:
+    # Given a job polling a query that runs for a minute (short submit wait and long-polls)
+    with polling_api(esql_emulator) as (stack, api):
         assert api.post("/queries", json=spec(job_id="cancel-1")).status_code == 202
         polling = wait_for(api, "cancel-1", lambda view: view["polls"] >= 1)
         upstream_id = polling["upstream_id"]
@@ -201,14 +210,7 @@ def test_cancelling_a_polling_job_stops_it_deletes_the_upstream_task_and_announc
 
 def test_five_deletes_of_one_running_job_at_once_clean_it_up_once(esql_emulator: EsqlEmulator) -> None:
     # Given a job polling a query that runs for a minute
-    esql_emulator.config.query_seconds = 60
-    overrides = {"SubmitWaitSeconds": "0", "LongPollMaxSeconds": "1"}
-    with (
-        LocalStack(parameter_overrides=overrides) as stack,
-        LocalApiServer(stack) as server,
-        httpx.Client(base_url=server.base_url, timeout=30) as api,
-    ):
-        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+    with polling_api(esql_emulator) as (stack, api):
         assert api.post("/queries", json=spec(job_id="cancel-5x")).status_code == 202
         upstream_id = wait_for(api, "cancel-5x", lambda view: view["polls"] >= 1)["upstream_id"]
         # When five clients cancel it at the same moment
