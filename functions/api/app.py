@@ -1,4 +1,4 @@
-"""API Lambda: the HTTP API's routes (docs/design.md) wired to query_relay.api; nothing else."""
+"""API Lambda: the HTTP API's routes (docs/contracts.md) wired to query_relay.api; nothing else."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run one job spec through the whole state machine")
-    run.add_argument("spec", type=Path, metavar="SPEC.json", help="the job spec (docs/design.md)")
+    run.add_argument("spec", type=Path, metavar="SPEC.json", help="the job spec (docs/contracts.md)")
     run.add_argument(
         "--connections",
         type=Path,

@@ -1,4 +1,4 @@
-"""The API, schedules and event consumers in template.yaml: routes as in docs/design.md, IAM auth,
+"""The API, schedules and event consumers in template.yaml: routes as in docs/contracts.md, IAM auth,
 and each role allowed only what it needs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pydantic models of the public contracts: job spec, connection, manifest (see docs/design.md).
+"""Pydantic models of the public contracts: job spec, connection, manifest (see docs/contracts.md).
 
 Every model forbids unknown fields so that a typo is reported with the field's name instead of
 being silently ignored.

@@ -1,4 +1,5 @@
-"""Streams a provider's result into S3 parts and writes the manifest (docs/design.md, "Output in S3").
+"""Streams a provider's result into S3 parts and writes the manifest (docs/contracts.md,
+"S3 output and the manifest").
 
     s3://<bucket>/<prefix>dt=YYYY-MM-DD/<job_id>/part-00000.jsonl[.gz]
                                             .../part-00001.jsonl[.gz]

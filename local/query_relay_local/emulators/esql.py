@@ -1,6 +1,6 @@
 """An Elasticsearch ES|QL async-query emulator: a real HTTP server the official client accepts.
 
-Endpoints (see /work/shared/docs/upstreams.md): `POST /_query/async`, `GET|DELETE
+Endpoints (see docs/upstreams/esql.md): `POST /_query/async`, `GET|DELETE
 /_query/async/{id}`, `POST /_query/async/{id}/stop`, plus the synchronous `POST /_query` and
 `GET /` (cluster info). Queries run on generated data (see esql_data / esql_engine).
 

@@ -1,6 +1,6 @@
 """A Looker API 4.0 emulator for query tasks: a real HTTP server the official `looker_sdk` accepts.
 
-Endpoints (see /work/shared/docs/upstreams.md), all under `/api/4.0`: `POST /login` (form or URL
+Endpoints (see docs/upstreams/looker.md), all under `/api/4.0`: `POST /login` (form or URL
 `client_id`/`client_secret`), `DELETE /logout` (also `/api/logout`, where the SDK calls it),
 `POST /queries`, `GET /queries/{id}`, `GET /queries/{id}/run/{result_format}` (synchronous),
 `GET /looks/{id}`, `POST /query_tasks`, `GET /query_tasks/{id}`, `GET /query_tasks/{id}/results`,

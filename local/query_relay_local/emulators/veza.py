@@ -1,4 +1,4 @@
-"""A Veza assessment-query emulator: async query-spec tasks over real HTTP (docs/upstreams.md).
+"""A Veza assessment-query emulator: async query-spec tasks over real HTTP (docs/upstreams/veza.md).
 
 Endpoints:
 - `POST /api/v1/assessments/query_spec:result_async_create` (body: the query spec, with optional

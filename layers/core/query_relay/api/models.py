@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (docs/design.md, "HTTP API"); the OpenAPI document
+"""Request and response bodies of the HTTP API (docs/contracts.md, "HTTP API"); the OpenAPI document
 is generated from these."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Elasticsearch ES|QL async queries: ``POST /_query/async``, ``GET`` / ``DELETE
-/_query/async/{id}`` (see docs/upstreams.md).
+/_query/async/{id}`` (see docs/upstreams/esql.md).
 
 Results are never loaded whole. Every answer is read as a stream and parsed incrementally by one
 reader (``_AnswerReader``, over ijson's push interface): Submit reads only as far as it needs to
@@ -53,7 +53,8 @@ ASYNC_ID_HEADER = "X-Elasticsearch-Async-Id"
 ASYNC_IS_RUNNING_HEADER = "X-Elasticsearch-Async-Is-Running"
 # The stored result must outlive the whole job (polling timeout) plus the time Fetch needs.
 KEEP_ALIVE_MARGIN_SECONDS = 3600
-# A GET right after completion can briefly answer 404 before the result is stored (upstreams.md).
+# A GET right after completion can briefly answer 404 before the result is stored
+# (docs/upstreams/esql.md, "Races and quirks").
 NOT_FOUND_RECHECK_SECONDS = 1.0
 # Step Functions keeps a failure's cause small; an upstream reason longer than this is cut.
 REASON_LIMIT = 2000

@@ -1,4 +1,4 @@
-"""Looker API 4.0 query tasks (see docs/upstreams.md).
+"""Looker API 4.0 query tasks (see docs/upstreams/looker.md).
 
 Submit logs in with the connection's client credentials (the token is cached per host, client
 and secret for as long as the process lives, so warm Lambdas skip the login), resolves the query

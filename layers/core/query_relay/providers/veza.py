@@ -1,5 +1,5 @@
 """Veza assessment query specs, async: ``POST /api/v1/assessments/query_spec:result_async_create``
-starts a task, ``GET /api/v1/assessments/async_tasks/{id}`` reports it (see docs/upstreams.md).
+starts a task, ``GET /api/v1/assessments/async_tasks/{id}`` reports it (see docs/upstreams/veza.md).
 
 Every answer is an ``AsyncTask`` (with or without a ``{"task": ...}`` wrapper, enums as names or
 numbers, 64-bit integers as strings or numbers, camelCase or snake_case keys): ``state`` goes
