@@ -18,7 +18,8 @@ Process-wide state, and why:
 - The library caches things for the life of the process, as a warm container does: settings read
   from the environment, boto3 clients (which hold the endpoint URL), secrets. A new environment on
   Lambda means a new container, so a stack empties those caches when it starts and when it stops:
-  every ``functools`` cache defined in a ``query_relay`` module and Powertools' parameter caches.
+  every cache defined in a ``query_relay`` module (``functools`` caches and any object with a
+  ``cache_clear()``, such as the Looker token cache) and Powertools' parameter caches.
   The handler modules themselves are imported afresh by each stack.
 """
 
@@ -633,7 +634,11 @@ def _forget_environment_caches() -> None:
         if name != LIBRARY_PACKAGE and not name.startswith(f"{LIBRARY_PACKAGE}."):
             continue
         for value in list(vars(module).values()):
-            if getattr(value, "__module__", None) == name and callable(getattr(value, "cache_clear", None)):
+            # functools caches, and the library's own (the Looker token cache): what a module
+            # defines and can empty with cache_clear(), classes left out.
+            if isinstance(value, type) or getattr(value, "__module__", None) != name:
+                continue
+            if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
 
 

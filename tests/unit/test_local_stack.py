@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from moto.dynamodb.models import table as moto_table
 
+from query_relay.providers import looker
 from query_relay.settings import get_settings
 from query_relay_local.stack import LocalStack, LocalStackError
 
@@ -496,3 +497,14 @@ def test_conditional_writes_are_atomic_as_on_aws(
         won = list(pool.map(claim, range(20)))
     # Then exactly one wins, as DynamoDB guarantees
     assert won.count(True) == 1
+
+
+def test_a_stack_starts_with_no_upstream_token_of_an_earlier_one(tiny_template: Path) -> None:
+    # Given a Looker token cached in this process (as a warm container holds one)
+    key = ("looker.example", "client", "digest")
+    looker.TOKENS.put(key, "token-of-an-earlier-stack", expires_in=3600)
+    assert looker.TOKENS.get(key) == "token-of-an-earlier-stack"
+    # When a stack starts (a new container, for the functions)
+    with LocalStack(tiny_template):
+        # Then the token is gone, like every other cache of the library
+        assert looker.TOKENS.get(key) is None

@@ -66,9 +66,9 @@ def _expected(query: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture(autouse=True)
 def _no_cached_tokens() -> Iterator[None]:
-    looker.TOKENS.clear()
+    looker.TOKENS.cache_clear()
     yield
-    looker.TOKENS.clear()
+    looker.TOKENS.cache_clear()
 
 
 @pytest.fixture

@@ -291,7 +291,9 @@ class _TokenCache:
             if token is not None and token.value == value:
                 del self._tokens[key]
 
-    def clear(self) -> None:
+    def cache_clear(self) -> None:
+        """Forget every token (named like functools' caches: a new container, or the local stack
+        starting afresh, empties every ``cache_clear`` of the library)."""
         with self._lock:
             self._tokens.clear()
 
