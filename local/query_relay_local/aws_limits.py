@@ -49,7 +49,6 @@ from datetime import date
 from functools import cache
 from typing import Any
 
-import moto
 from botocore.exceptions import ClientError
 from botocore.session import get_session
 
@@ -58,8 +57,8 @@ from query_relay.limits import (
     SCHEDULER_NAME_MAX_CHARS,
     STATE_PAYLOAD_MAX_BYTES,
 )
+from query_relay_local.moto_fixes import check_moto_version
 
-MOTO_VERSION = "5.2.5"
 # StartExecution's name may hold none of these, nor whitespace (API_StartExecution.html).
 FORBIDDEN_NAME_CHARACTERS = frozenset('<>{}[]?*"#%\\^|~`$&,;:/')
 _SCHEDULER_NAME = re.compile(r"[0-9a-zA-Z._-]+")
@@ -80,11 +79,7 @@ def install() -> None:
     with _lock:
         if _installed:
             return
-        if moto.__version__ != MOTO_VERSION:
-            raise RuntimeError(
-                f"query_relay_local.aws_limits patches moto {MOTO_VERSION}'s internals, but moto is "
-                f"{moto.__version__}: check each patch against it, then update MOTO_VERSION"
-            )
+        check_moto_version(__name__)
         _limit_start_execution()
         _limit_state_payloads()
         _keep_terminal_errors_from_states_all()

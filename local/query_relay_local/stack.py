@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import sys
@@ -49,7 +48,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import ThreadedWSGIServer
 
 from query_relay.history import continued_as
-from query_relay_local import aws_limits, iam
+from query_relay_local import aws_limits, iam, moto_fixes
 from query_relay_local.iam import LocalIam, Principal, acting_as, translated_roles
 from query_relay_local.lambda_runtime import (
     CapturedLogs,
@@ -142,7 +141,7 @@ class LocalStack:
         self._server: _TrackingServer | None = None
         self._thread: threading.Thread | None = None
         self._saved_environment: dict[str, str | None] = {}
-        self._saved_execute_flag: bool | None = None
+        self._saved_sfn_config: dict[str, Any] | None = None  # moto's, restored when the stack stops
         self._events: list[dict[str, Any]] = []
         self._events_queue_url = ""
         self._clients: dict[str, Any] = {}  # boto3 clients of this stack's endpoint, by service
@@ -164,16 +163,16 @@ class LocalStack:
         if self._server is not None:
             raise LocalStackError("this stack is already started")
         try:
-            sfn_config = default_user_config.setdefault("stepfunctions", {})
-            self._saved_execute_flag = sfn_config.get("execute_state_machine", False)
-            sfn_config["execute_state_machine"] = True
-            _fix_moto_step_functions_integration()
-            _fix_moto_stop_execution()
-            _fix_moto_dynamodb_atomicity()
+            moto_fixes.install()
             aws_limits.install()  # AWS's payload and name limits (query_relay_local.aws_limits)
             iam.patch_moto()
             iam.enforce(False)  # the stack's own setup runs as an administrator, unchecked
             self._serve()
+            # Step Functions executes the machine (moto's own configuration call).
+            self._saved_sfn_config = dict(default_user_config.get("stepfunctions") or {})
+            self._moto_api(
+                "config", {"stepfunctions": {**self._saved_sfn_config, "execute_state_machine": True}}
+            )
             self._apply_environment()
             self._logs.attach()
             self._reset_moto()
@@ -194,6 +193,9 @@ class LocalStack:
                 logger.warning("stopping while a function invocation still runs")
             try:
                 self._reset_moto()
+                if self._saved_sfn_config is not None:
+                    self._moto_api("config", {"stepfunctions": self._saved_sfn_config})
+                    self._saved_sfn_config = None
             except OSError:
                 logger.warning("could not reset moto", exc_info=True)
             self._server.shutdown()
@@ -210,11 +212,6 @@ class LocalStack:
         iam.uninstall()
         iam.sign_state_machine_calls_with(None)
         self._restore_environment()
-        if self._saved_execute_flag is not None:
-            default_user_config.setdefault("stepfunctions", {})["execute_state_machine"] = (
-                self._saved_execute_flag
-            )
-            self._saved_execute_flag = None
 
     # --- what callers use --------------------------------------------------------------------
 
@@ -436,8 +433,15 @@ class LocalStack:
 
     def _reset_moto(self) -> None:
         """Empty every moto backend (the documented server-mode reset call)."""
-        url = f"{self.endpoint_url}/moto-api/reset"  # our own loopback http URL, hence the noqa
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30) as response:  # noqa: S310
+        self._moto_api("reset")
+
+    def _moto_api(self, call: str, body: Mapping[str, Any] | None = None) -> None:
+        """POST one of moto's own server-mode calls (``/moto-api/reset``, ``/moto-api/config``)."""
+        url = f"{self.endpoint_url}/moto-api/{call}"  # our own loopback http URL, hence the noqa
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        request = urllib.request.Request(url, data=data, method="POST", headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             response.read()
 
     def _deploy(self) -> None:
@@ -501,111 +505,9 @@ class LocalStack:
             logger.warning("could not stop the running executions", exc_info=True)
 
 
-def _fix_moto_step_functions_integration() -> None:
-    """Let ASL tasks start executions (``arn:aws:states:::states:startExecution``) on moto.
-
-    moto's ASL interpreter (ported from LocalStack) leaves out the step that renames a task's
-    parameters (``StateMachineArn``, as ASL spells them) to the SDK's (``stateMachineArn``), so the
-    call fails with ``KeyError: 'StateMachineArn'``. This puts that step back for the Step Functions
-    integration only, with moto's own renaming helper and botocore's model of the operation; and
-    renames the answer's fields back (``executionArn`` -> ``ExecutionArn``, as AWS hands it over).
-    Idempotent; the schedule launcher and ContinueAsNew need it (statemachine/query.asl.json).
-    """
-    from botocore.session import get_session  # noqa: PLC0415 - only the local stack needs these
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (  # noqa: PLC0415
-        state_task_service_sfn,
-    )
-
-    service = state_task_service_sfn.StateTaskServiceSfn
-    if getattr(service, "_query_relay_fixed", False):
-        return
-    original = service._normalise_parameters
-
-    def normalise_parameters(
-        self: Any,
-        parameters: dict[str, Any],
-        boto_service_name: str | None = None,
-        service_action_name: str | None = None,
-    ) -> None:
-        original(self, parameters, boto_service_name, service_action_name)
-        model = get_session().get_service_model(self._get_boto_service_name(boto_service_name))
-        action = self._get_boto_service_action(service_action_name)
-        operation = next(name for name in model.operation_names if camel_to_snake(name) == action)
-        self._to_boto_request(parameters, model.operation_model(operation).input_shape)
-
-    original_eval = service._eval_service_task
-
-    def eval_service_task(self: Any, env: Any, *args: Any, **kwargs: Any) -> None:
-        original_eval(self, env, *args, **kwargs)
-        env.stack.append(_as_integration_result(env.stack.pop()))
-
-    setattr(service, "_normalise_parameters", normalise_parameters)  # noqa: B010 - patching moto
-    setattr(service, "_eval_service_task", eval_service_task)  # noqa: B010 - patching moto
-    setattr(service, "_query_relay_fixed", True)  # noqa: B010
-
-
-def _as_integration_result(response: Any) -> Any:
-    """What the Step Functions integration hands the state: the API's answer with its field names
-    as the API spells them (``ExecutionArn``, where boto3 says ``executionArn``) and times as text."""
-    if not isinstance(response, dict):
-        return response
-    return {
-        name[:1].upper() + name[1:]: value.isoformat() if isinstance(value, datetime) else value
-        for name, value in response.items()
-    }
-
-
-def _fix_moto_dynamodb_atomicity() -> None:
-    """Make each DynamoDB request atomic, as on AWS. moto checks a ConditionExpression and then
-    writes, without a lock, and this server answers requests on many threads: two conditional
-    PutItems racing for one slot or one cleanup claim could both succeed here, never on AWS."""
-    from moto.dynamodb.responses import DynamoHandler  # noqa: PLC0415
-
-    if getattr(DynamoHandler, "_query_relay_fixed", False):
-        return
-    original = DynamoHandler.call_action
-    lock = threading.Lock()
-
-    def call_action(self: Any) -> Any:
-        with lock:
-            return original(self)
-
-    setattr(DynamoHandler, "call_action", call_action)  # noqa: B010 - patching moto
-    setattr(DynamoHandler, "_query_relay_fixed", True)  # noqa: B010
-
-
-def _fix_moto_stop_execution() -> None:
-    """Make StopExecution act at once, as on AWS: mark the execution ABORTED right away (moto's
-    interpreter notices a stop only once the state it is in, e.g. a running Lambda task, has ended,
-    and reports RUNNING until then). The stop's ``error`` and ``cause`` are not kept for
-    DescribeExecution: AWS documents those fields for FAILED executions only, so nothing here may
-    come to rely on them for an ABORTED one (who cleans up is settled by a claim, query_relay.claims)."""
-    from moto.stepfunctions.parser.api import ExecutionStatus  # noqa: PLC0415
-    from moto.stepfunctions.responses import StepFunctionResponse  # noqa: PLC0415
-
-    if getattr(StepFunctionResponse, "_query_relay_fixed", False):
-        return
-    original = StepFunctionResponse.stop_execution
-
-    def stop_execution(self: Any) -> Any:
-        answer = original(self)
-        execution = self.stepfunction_backend.describe_execution(self._get_param("executionArn"))
-        if getattr(execution, "exec_status", None) == ExecutionStatus.RUNNING:
-            execution.exec_status = ExecutionStatus.ABORTED
-            execution.stop_date = datetime.now(UTC)
-        return answer
-
-    setattr(StepFunctionResponse, "stop_execution", stop_execution)  # noqa: B010 - patching moto
-    setattr(StepFunctionResponse, "_query_relay_fixed", True)  # noqa: B010
-
-
 def iam_enforced_by_default() -> bool:
     """IAM is enforced unless ``QUERY_RELAY_LOCAL_IAM`` says off (for debugging a policy)."""
     return os.environ.get(IAM_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
-
-
-def camel_to_snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def new_job_id() -> str:
