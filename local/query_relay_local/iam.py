@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.etree import ElementTree
@@ -66,6 +67,7 @@ from samtranslator.translator.translator import Translator
 from werkzeug.wrappers import Request, Response
 
 from query_relay_local.lambda_runtime import service_error
+from query_relay_local.moto_fixes import apply_once
 from query_relay_local.template import (
     LOCAL_ACCOUNT_ID,
     LOCAL_PARTITION,
@@ -156,27 +158,35 @@ class Principal:
         )
 
 
-def translate_roles(template: LocalTemplate) -> TranslatedRoles:
-    """The execution roles SAM would create for template.yaml, with policies resolved locally."""
+def sam_translate(template: LocalTemplate) -> dict[str, Any]:
+    """template.yaml as CloudFormation receives it after the SAM transform (samtranslator itself;
+    intrinsics left as they are)."""
     document = json.loads(json.dumps(decode_template(template.path), default=str))
     for logical_id, resource in (document.get("Resources") or {}).items():
         properties = resource.get("Properties") or {}
         for key in _SAM_URIS:  # the translator wants S3 locations; their content is irrelevant here
             if isinstance(properties.get(key), str):
                 properties[key] = f"s3://{LOCAL_STACK_NAME}-artifacts/{logical_id}"
-    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=LOCAL_REGION))
+    # The translator reads only the session's region: a stand-in, not a boto3 Session, which would
+    # read the user's AWS profile (and fail on one that does not exist) for nothing.
+    translator = Translator(None, Parser(), boto_session=SimpleNamespace(region_name=LOCAL_REGION))
     pseudo = {
         "AWS::Region": LOCAL_REGION,
         "AWS::AccountId": LOCAL_ACCOUNT_ID,
         "AWS::Partition": LOCAL_PARTITION,
         "AWS::StackName": LOCAL_STACK_NAME,
     }
-    translated = translator.translate(
+    translated: dict[str, Any] = translator.translate(
         document,
         parameter_values={**template.parameter_values, **pseudo},
         get_managed_policy_map=dict,  # the template names no managed policy by name
     )
-    resources: dict[str, Any] = translated["Resources"]
+    return translated
+
+
+def translate_roles(template: LocalTemplate) -> TranslatedRoles:
+    """The execution roles SAM would create for template.yaml, with policies resolved locally."""
+    resources: dict[str, Any] = sam_translate(template)["Resources"]
     managed = {}
     for logical_id, resource in resources.items():
         if resource["Type"] == _MANAGED_POLICY:
@@ -537,13 +547,17 @@ def _signing_service(response: BaseResponse) -> str:
 
 def patch_moto() -> None:
     """Complete moto's IAM checks where the app depends on them (module docstring). Idempotent."""
-    if getattr(BaseResponse, "_query_relay_resources", False):
-        return
+    apply_once(
+        __name__,
+        _patch_resource_of_each_request,
+        _patch_s3_delete_objects,
+        _patch_json_auth_errors,
+        _patch_signature_of_bodiless_requests,
+    )
+
+
+def _patch_resource_of_each_request() -> None:
     setattr(BaseResponse, "_determine_resource", _determine_resource)  # noqa: B010 - moto's hook
-    _patch_s3_delete_objects()
-    _patch_json_auth_errors()
-    _patch_signature_of_bodiless_requests()
-    setattr(BaseResponse, "_query_relay_resources", True)  # noqa: B010
 
 
 # --- Lambda's Invoke, answered by the local runtime ----------------------------------------------
@@ -794,8 +808,6 @@ def _patch_signature_of_bodiless_requests() -> None:
     GetSchedule, say) fails with a signature mismatch. SigV4 signs the body as sent: an empty one."""
     from moto.iam.access_control import IAMRequestBase  # noqa: PLC0415
 
-    if getattr(IAMRequestBase, "_query_relay_signed_body", False):
-        return
     original = IAMRequestBase._create_aws_request
 
     def create_aws_request(self: Any) -> Any:
@@ -805,4 +817,3 @@ def _patch_signature_of_bodiless_requests() -> None:
         return request
 
     setattr(IAMRequestBase, "_create_aws_request", create_aws_request)  # noqa: B010 - patching moto
-    setattr(IAMRequestBase, "_query_relay_signed_body", True)  # noqa: B010

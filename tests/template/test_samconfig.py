@@ -12,6 +12,10 @@ import tomllib
 from typing import Any
 
 import pytest
+from samcli.cli.types import CfnParameterOverridesType
+
+from query_relay_local import template as local_template
+from query_relay_local.iam import sam_translate
 
 from .test_template import ROOT, load_template
 
@@ -170,10 +174,9 @@ def test_every_overridden_parameter_exists_with_an_allowed_value(
 
 
 def test_sam_cli_reads_the_overrides_as_this_test_does(samconfig: dict[str, Any]) -> None:
-    types = pytest.importorskip("samcli.cli.types")
     for env, command, value in all_overrides(samconfig):
         values = [value] if isinstance(value, str) else list(value)
-        assert types.CfnParameterOverridesType().convert(values, None, None) == parse_overrides(value), (
+        assert CfnParameterOverridesType().convert(values, None, None) == parse_overrides(value), (
             env,
             command,
         )
@@ -234,28 +237,9 @@ def test_account_wide_names_differ_between_stacks(template: dict[str, Any]) -> N
     assert not problems, problems
 
 
-def deployed_resource_types(template: dict[str, Any]) -> set[str]:
+def deployed_resource_types() -> set[str]:
     """The CloudFormation resource types template.yaml becomes once the SAM transform has run."""
-    translator = pytest.importorskip("samtranslator.translator.translator")
-    parser = pytest.importorskip("samtranslator.parser.parser")
-    boto3 = pytest.importorskip("boto3")
-    document = json.loads(json.dumps(template, default=str))
-    for logical_id, resource in document["Resources"].items():
-        properties = resource.get("Properties") or {}
-        for key in ("CodeUri", "ContentUri", "DefinitionUri"):  # local paths; SAM wants S3 here
-            if isinstance(properties.get(key), str):
-                properties[key] = f"s3://artifacts/{logical_id}"
-    translated = translator.Translator(
-        None, parser.Parser(), boto_session=boto3.session.Session(region_name="us-east-1")
-    ).translate(
-        document,
-        parameter_values={
-            "AWS::Region": "us-east-1",
-            "AWS::AccountId": "123456789012",
-            "AWS::Partition": "aws",
-        },
-        get_managed_policy_map=dict,
-    )
+    translated = sam_translate(local_template.load_template())
     return {resource["Type"] for resource in translated["Resources"].values()}
 
 
@@ -266,7 +250,7 @@ def test_the_deploying_users_permissions_cover_every_resource_type(template: dic
     section = readme.split("### IAM permissions the deploying user needs", 1)[1]
     section = re.split(r"^#{1,3} ", section, maxsplit=1, flags=re.MULTILINE)[0]
     documented = set(re.findall(r"AWS::[A-Za-z0-9]+::[A-Za-z0-9]+", section))
-    deployed = deployed_resource_types(template)
+    deployed = deployed_resource_types()
     assert deployed == documented, {
         "undocumented": deployed - documented,
         "not deployed": documented - deployed,
