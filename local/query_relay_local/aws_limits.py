@@ -43,7 +43,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import threading
 from collections.abc import Callable
 from datetime import date
 from functools import cache
@@ -57,7 +56,7 @@ from query_relay.limits import (
     SCHEDULER_NAME_MAX_CHARS,
     STATE_PAYLOAD_MAX_BYTES,
 )
-from query_relay_local.moto_fixes import check_moto_version
+from query_relay_local.moto_fixes import apply_once
 
 # StartExecution's name may hold none of these, nor whitespace (API_StartExecution.html).
 FORBIDDEN_NAME_CHARACTERS = frozenset('<>{}[]?*"#%\\^|~`$&,;:/')
@@ -69,23 +68,17 @@ _STEP_FUNCTIONS = ("stepfunctions", "StartExecution", "StepFunctions", "AWSStepF
 _EVENTBRIDGE = ("events", "PutEvents", "EventBridge", "AmazonEventBridgeException")
 _LAMBDA = ("lambda", "Invoke", "Lambda", "AWSLambdaException")
 
-_lock = threading.Lock()
-_installed = False
-
 
 def install() -> None:
     """Put AWS's limits and error names into moto (module docstring); safe to call again."""
-    global _installed  # noqa: PLW0603 - moto is patched once per process
-    with _lock:
-        if _installed:
-            return
-        check_moto_version(__name__)
-        _limit_start_execution()
-        _limit_state_payloads()
-        _keep_terminal_errors_from_states_all()
-        _name_integration_errors()
-        _limit_scheduler_names()
-        _installed = True
+    apply_once(
+        __name__,
+        _limit_start_execution,
+        _limit_state_payloads,
+        _keep_terminal_errors_from_states_all,
+        _name_integration_errors,
+        _limit_scheduler_names,
+    )
 
 
 # --- names -------------------------------------------------------------------------------------

@@ -1,18 +1,20 @@
 """moto's bugs that the local stack depends on, fixed in place: one function a bug, each with its
 upstream report where one exists, applied once per process by :func:`install`, and only on the
 moto version they were written against (each reaches into moto's internals; another version
-needs each checked first, and ``tests/unit/test_moto_fixes.py`` shows whether each bug still
+needs each checked first; ``tests/unit/test_moto_fixes.py`` shows whether the bugs still
 reproduces without its fix).
 
 The other ways moto is more lenient than AWS live beside what they model: IAM enforcement in
 ``query_relay_local.iam``, payload and name limits and integration error names in
-``query_relay_local.aws_limits``; both check the same :data:`MOTO_VERSION`.
+``query_relay_local.aws_limits``. All three modules patch through :func:`apply_once`, which checks
+:data:`MOTO_VERSION`.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,7 @@ import moto
 
 MOTO_VERSION = "5.2.5"
 _lock = threading.Lock()
-_installed = False
+_applied: set[str] = set()
 
 
 def check_moto_version(module: str) -> None:
@@ -32,17 +34,23 @@ def check_moto_version(module: str) -> None:
         )
 
 
+def apply_once(owner: str, *patches: Callable[[], None]) -> None:
+    """Apply ``owner``'s patches of moto once per process (moto's classes are process-wide), after
+    checking the moto version they were written against."""
+    with _lock:
+        if owner in _applied:
+            return
+        check_moto_version(owner)
+        for patch in patches:
+            patch()
+        _applied.add(owner)
+
+
 def install() -> None:
     """Apply every fix below; idempotent."""
-    global _installed  # noqa: PLW0603 - moto is patched once per process
-    with _lock:
-        if _installed:
-            return
-        check_moto_version(__name__)
-        fix_step_functions_integration_parameters()
-        fix_stop_execution()
-        fix_dynamodb_atomicity()
-        _installed = True
+    apply_once(
+        __name__, fix_step_functions_integration_parameters, fix_stop_execution, fix_dynamodb_atomicity
+    )
 
 
 def camel_to_snake(name: str) -> str:
@@ -66,8 +74,6 @@ def fix_step_functions_integration_parameters() -> None:
     )
 
     service = state_task_service_sfn.StateTaskServiceSfn
-    if getattr(service, "_query_relay_fixed", False):
-        return
     original = service._normalise_parameters
 
     def normalise_parameters(
@@ -90,7 +96,6 @@ def fix_step_functions_integration_parameters() -> None:
 
     setattr(service, "_normalise_parameters", normalise_parameters)  # noqa: B010 - patching moto
     setattr(service, "_eval_service_task", eval_service_task)  # noqa: B010 - patching moto
-    setattr(service, "_query_relay_fixed", True)  # noqa: B010
 
 
 def _as_integration_result(response: Any) -> Any:
@@ -110,8 +115,6 @@ def fix_dynamodb_atomicity() -> None:
     PutItems racing for one slot or one cleanup claim could both succeed here, never on AWS."""
     from moto.dynamodb.responses import DynamoHandler  # noqa: PLC0415
 
-    if getattr(DynamoHandler, "_query_relay_fixed", False):
-        return
     original = DynamoHandler.call_action
     lock = threading.Lock()
 
@@ -120,7 +123,6 @@ def fix_dynamodb_atomicity() -> None:
             return original(self)
 
     setattr(DynamoHandler, "call_action", call_action)  # noqa: B010 - patching moto
-    setattr(DynamoHandler, "_query_relay_fixed", True)  # noqa: B010
 
 
 def fix_stop_execution() -> None:
@@ -132,8 +134,6 @@ def fix_stop_execution() -> None:
     from moto.stepfunctions.parser.api import ExecutionStatus  # noqa: PLC0415
     from moto.stepfunctions.responses import StepFunctionResponse  # noqa: PLC0415
 
-    if getattr(StepFunctionResponse, "_query_relay_fixed", False):
-        return
     original = StepFunctionResponse.stop_execution
 
     def stop_execution(self: Any) -> Any:
@@ -145,4 +145,3 @@ def fix_stop_execution() -> None:
         return answer
 
     setattr(StepFunctionResponse, "stop_execution", stop_execution)  # noqa: B010 - patching moto
-    setattr(StepFunctionResponse, "_query_relay_fixed", True)  # noqa: B010

@@ -163,9 +163,6 @@ class LocalStack:
         if self._server is not None:
             raise LocalStackError("this stack is already started")
         try:
-            moto_fixes.install()
-            aws_limits.install()  # AWS's payload and name limits (query_relay_local.aws_limits)
-            iam.patch_moto()
             iam.enforce(False)  # the stack's own setup runs as an administrator, unchecked
             self._serve()
             # Step Functions executes the machine (moto's own configuration call).
@@ -174,6 +171,11 @@ class LocalStack:
                 "config", {"stepfunctions": {**self._saved_sfn_config, "execute_state_machine": True}}
             )
             self._apply_environment()
+            # After the environment: patching imports moto modules that read it (an AWS_PROFILE
+            # of the user's would be looked up).
+            moto_fixes.install()
+            aws_limits.install()  # AWS's payload and name limits (query_relay_local.aws_limits)
+            iam.patch_moto()
             self._logs.attach()
             self._reset_moto()
             self._deploy()

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from moto.core.exceptions import AWSError
 
 from query_relay.limits import STATE_PAYLOAD_MAX_BYTES
-from query_relay_local import aws_limits
+from query_relay_local import aws_limits, moto_fixes
 from query_relay_local.stack import LocalStack
 
 HANDLER = """
@@ -375,7 +375,7 @@ def test_installing_twice_changes_nothing(stack: LocalStack) -> None:
 
 
 def test_another_moto_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aws_limits, "_installed", False)
+    monkeypatch.setattr(moto_fixes, "_applied", set())  # as in a new process
     monkeypatch.setattr(moto, "__version__", "9.9.9")
     with pytest.raises(RuntimeError, match=r"moto 5\.2\.5"):
         aws_limits.install()
