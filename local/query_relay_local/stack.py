@@ -83,7 +83,8 @@ _LOCAL_ENVIRONMENT = {
     "AWS_SECRET_ACCESS_KEY": "testing",  # moto accepts any credentials
     # No X-Ray daemon here. (Metrics stay on: their EMF lines land in the captured logs.)
     "POWERTOOLS_TRACE_DISABLED": "true",
-    # The emulators listen on http://127.0.0.1: relax the upstream address policy (query_relay.http).
+    # The emulators listen on http://127.0.0.1: relax the upstream address policy
+    # (query_relay.upstream.address).
     "ALLOW_LOCAL_UPSTREAMS": "true",
 }
 # Removed while a stack runs: they would send boto3 elsewhere or fail its credential lookup.

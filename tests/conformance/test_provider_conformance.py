@@ -40,7 +40,7 @@ def emulator(harness: ProviderHarness) -> Iterator[Any]:
         yield started
 
 
-def provider_for(harness: ProviderHarness, emulator: Any, *, valid: bool = True) -> Provider:
+def provider_for(harness: ProviderHarness, emulator: Any, *, valid: bool = True) -> Provider[Any, Any]:
     return open_provider(
         "conformance", parse_connection("conformance", harness.connection(emulator, valid=valid))
     )
@@ -62,7 +62,7 @@ def rows_of(result: FetchedResult) -> list[dict[str, Any]] | int:
 
 
 def submit_running(
-    harness: ProviderHarness, emulator: Any, provider: Provider, query: dict[str, Any]
+    harness: ProviderHarness, emulator: Any, provider: Provider[Any, Any], query: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """Submit a query that outlasts the submit wait: its upstream id and provider state."""
     harness.set_query_seconds(emulator, SLOW_SECONDS)
@@ -73,7 +73,7 @@ def submit_running(
 
 
 def poll_until_finished(
-    provider: Provider, upstream_id: str, state: dict[str, Any], timeout: float = 30
+    provider: Provider[Any, Any], upstream_id: str, state: dict[str, Any], timeout: float = 30
 ) -> dict[str, Any]:
     """Poll like the state machine does (carrying the provider state); the state once finished."""
     deadline = time.monotonic() + timeout
@@ -151,7 +151,7 @@ def test_an_unknown_task_is_upstream_task_expired(harness: ProviderHarness, emul
 def test_a_query_the_upstream_rejects_is_upstream_query_failed(
     harness: ProviderHarness, emulator: Any
 ) -> None:
-    def submit_and_follow(provider: Provider, query: dict[str, Any]) -> None:
+    def submit_and_follow(provider: Provider[Any, Any], query: dict[str, Any]) -> None:
         with provider.submit(validate_query(harness.provider, query), options(5)) as submission:
             upstream_id, state = submission.upstream_id, submission.state
         # Some upstreams accept the task and report the failure when it is polled.

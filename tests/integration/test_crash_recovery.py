@@ -159,8 +159,8 @@ def _crash_after_recording(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     recorded: list[str] = []
     make_recorder = workflow._recorder
 
-    def recorder(event: dict[str, Any], job_id: str, submitted_at: Any) -> Any:
-        record = make_recorder(event, job_id, submitted_at)
+    def recorder(step: Any, job_id: str, submitted_at: Any) -> Any:
+        record = make_recorder(step, job_id, submitted_at)
 
         def record_then_die(upstream_id: str, state: dict[str, Any]) -> None:
             record(upstream_id, state)

@@ -199,6 +199,30 @@ def test_an_execution_stopped_while_submit_runs_has_its_upstream_task_cancelled_
         assert any("the execution ended while Submit ran" in line for line in stack.logs)
 
 
+def test_a_result_the_fast_path_landed_after_the_execution_was_stopped_is_removed_by_submit(
+    esql_emulator: EsqlEmulator,
+) -> None:
+    # Given a query that finishes inside Submit's inline wait (the fast path lands it at once)
+    esql_emulator.config.query_seconds = 2
+    with LocalStack(parameter_overrides={"SubmitWaitSeconds": "10"}) as stack:
+        stack.load_connections({ES_CONNECTION: esql_connection(esql_emulator)})
+        spec = {"job_id": "stopped-fast", "connection": ES_CONNECTION, "query": {"query": "FROM employees"}}
+        execution_arn = stack.start_job(spec)
+        deadline = time.monotonic() + PATIENCE_SECONDS
+        while not esql_emulator.running_intervals():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # When the execution is stopped while the query still runs, before Submit lands the result
+        stack.sfn.stop_execution(executionArn=execution_arn, cause="stopped by an operator")
+        # Then Submit lands it, sees the execution ended, and removes what it wrote: nothing is left
+        while not any("removed partial output" in line for line in stack.logs):
+            assert time.monotonic() < deadline, "Submit did not remove the landed result"
+            time.sleep(0.1)
+        assert any("result landed" in line for line in stack.logs)
+        left = stack.s3.list_objects_v2(Bucket=stack.bucket).get("Contents", [])
+        assert [entry["Key"] for entry in left] == []
+
+
 def test_an_execution_the_api_cancelled_is_not_cleaned_up_twice(esql_emulator: EsqlEmulator) -> None:
     # Given a job the API cancelled (it cleaned up and announced it already)
     esql_emulator.config.query_seconds = 60

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from query_relay.exceptions import UpstreamProtocolError
-from query_relay.providers.esql import _AnswerReader
+from query_relay.providers.esql import answer
+from query_relay.upstream.errors import Where
+from query_relay.upstream.jsonpath import PathReader
 
 ANSWER: dict[str, Any] = {
     "id": "FmNJRUZ1YWZCU3dH=",
@@ -33,12 +35,12 @@ ANSWER: dict[str, Any] = {
 }
 
 
-def read_rows(document: bytes, chunk_size: int) -> tuple[_AnswerReader, list[list[Any]]]:
-    reader = _AnswerReader("esql fetch on connection 'test'", keep_rows=True)
+def read_rows(document: bytes, chunk_size: int) -> tuple[PathReader, list[list[Any]]]:
+    reader = answer.reader(Where("esql", "test", "esql fetch"), keep_rows=True)
     rows: list[list[Any]] = []
     for start in range(0, len(document), chunk_size):
         rows.extend(reader.feed(document[start : start + chunk_size]))
-    reader.finish()
+    rows.extend(reader.finish())
     return reader, rows
 
 
@@ -48,8 +50,9 @@ def test_rows_are_the_same_for_every_chunking(chunk_size: int, indent: int | Non
     document = json.dumps(ANSWER, indent=indent, ensure_ascii=False).encode()
     reader, rows = read_rows(document, chunk_size)
     assert rows == ANSWER["values"]
-    assert [column.name for column in reader.columns or []] == ["name", "n", "score", "tags", "ok"]
-    assert (reader.upstream_id, reader.is_running, reader.is_partial) == ("FmNJRUZ1YWZCU3dH=", False, False)
+    assert [column.name for column in answer.columns(reader)] == ["name", "n", "score", "tags", "ok"]
+    facts = (answer.upstream_id(reader), reader.first("is_running"), reader.first("is_partial"))
+    assert facts == ("FmNJRUZ1YWZCU3dH=", False, False)
 
 
 @pytest.mark.parametrize("cut", [10, 200, -40, -2])

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from query_relay.exceptions import UpstreamProtocolError
-from query_relay.providers.esql import _AnswerReader, _RowText
+from query_relay.providers.esql import answer as esql_answer
+from query_relay.upstream.errors import Where
+from query_relay.upstream.rows import ArrayRows
 
 COLUMNS = [{"name": name, "type": "keyword"} for name in ("a", "b", "c", "d")]
 
@@ -34,11 +36,11 @@ def answer(rows: list[list[Any]], *, indent: int | None = None) -> bytes:
 
 
 def read_rows(document: bytes, chunk_size: int) -> list[list[Any]]:
-    reader = _AnswerReader("esql fetch on connection 'test'", keep_rows=True)
+    reader = esql_answer.reader(Where("esql", "test", "esql fetch"), keep_rows=True)
     rows: list[list[Any]] = []
     for start in range(0, len(document), chunk_size):
         rows += reader.feed(document[start : start + chunk_size])
-    reader.finish()
+    rows += reader.finish()
     return rows
 
 
@@ -53,7 +55,7 @@ def test_rows_with_brackets_everywhere_are_the_same_for_every_chunking(
 
 def test_a_chunk_of_whole_rows_is_decoded_as_one_block() -> None:
     text = b'["a",1],["b",[2,3]],["c",[4],[5]],["d"'
-    row_text = _RowText()
+    row_text = ArrayRows()
     rows: list[list[Any]] = []
     assert row_text.feed(text, rows) == 3
     assert rows == [["a", 1], ["b", [2, 3]], ["c", [4], [5]]]
@@ -63,7 +65,7 @@ def test_a_chunk_of_whole_rows_is_decoded_as_one_block() -> None:
 
 
 def test_a_block_cut_between_two_multi_valued_fields_falls_back_to_row_by_row() -> None:
-    row_text = _RowText()
+    row_text = ArrayRows()
     rows: list[list[Any]] = []
     # the last ],[ is inside the third row
     assert row_text.feed(b'["a"],["b"],["c",[1],[2', rows) == 2

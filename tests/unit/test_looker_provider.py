@@ -642,7 +642,7 @@ def test_results_not_ready_yet_are_asked_for_again(
 def test_results_that_stay_not_ready_are_upstream_unavailable(
     provider: LookerProvider, emulator: LookerEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(looker, "RESULTS_NOT_READY_PAUSES", (0.01, 0.01))
+    monkeypatch.setattr(looker.provider, "RESULTS_NOT_READY_PAUSES", (0.01, 0.01))
     emulator.config.query_seconds = 60
     submission = _submit(provider, BY_COUNTRY)
     assert submission.upstream_id is not None

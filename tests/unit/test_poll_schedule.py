@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
-from query_relay.models import OutputFormat, PollingSpec, parse_connection
+from query_relay.models import ApiKeyAuth, OutputFormat, PollingSpec, parse_connection
 from query_relay.polling import (
     JITTER,
     LATENCY_SHARE,
@@ -18,7 +18,7 @@ from query_relay.polling import (
     check_gap_seconds,
     plan_next_check,
 )
-from query_relay.providers.base import FetchedResult, PollStatus, Provider, Submission
+from query_relay.providers.base import FetchedResult, PollStatus, Provider, ProviderState, Submission
 from query_relay.state import JobState
 from query_relay.workflow import watch_upstream
 
@@ -143,11 +143,13 @@ class FakeClock:
         self.now += seconds
 
 
-class ScriptedProvider(Provider):
+class ScriptedProvider(Provider[BaseModel, ProviderState]):
     """Answers ``running`` until its ``finish_after``-th check; long-polls advance the fake clock."""
 
     name: ClassVar[str] = "scripted"
     query_model: ClassVar[type[BaseModel]] = BaseModel
+    auth_types: ClassVar[tuple[type, ...]] = (ApiKeyAuth,)
+    auth_hint: ClassVar[str] = "api_key auth"
 
     def __init__(self, clock: FakeClock, finish_after: int, *, long_polls: bool) -> None:
         connection = parse_connection(
@@ -164,22 +166,22 @@ class ScriptedProvider(Provider):
         self.finish_after = finish_after
         self.long_poll_args: list[float] = []
 
-    def poll(self, upstream_id: str, state: dict[str, Any], wait_seconds: float) -> PollStatus:
+    def _poll(self, upstream_id: str, state: ProviderState, wait_seconds: float) -> PollStatus:
         self.long_poll_args.append(wait_seconds)
         if len(self.long_poll_args) >= self.finish_after:
             return PollStatus(finished=True)
         self.clock.now += wait_seconds
         return PollStatus(finished=False)
 
-    def submit(self, query: BaseModel, options: Any) -> AbstractContextManager[Submission]:
+    def _submit(self, query: BaseModel, options: Any) -> AbstractContextManager[Submission]:
         raise NotImplementedError
 
-    def fetch(
-        self, upstream_id: str, state: dict[str, Any], output_format: OutputFormat
+    def _fetch(
+        self, upstream_id: str, state: ProviderState, output_format: OutputFormat
     ) -> AbstractContextManager[FetchedResult]:
         raise NotImplementedError
 
-    def cancel(self, upstream_id: str, state: dict[str, Any]) -> bool:
+    def _cancel(self, upstream_id: str, state: ProviderState) -> bool:
         raise NotImplementedError
 
 

@@ -225,15 +225,16 @@ def test_csv_round_trips_a_header_and_every_row(s3: S3Client, bucket: str, compr
 def test_native_stores_the_upstream_bytes_untouched(s3: S3Client, bucket: str, compression: str) -> None:
     # Given an upstream body in uneven chunks whose rows the provider counts as they are read
     body = json.dumps({"columns": [{"name": "n", "type": "long"}], "values": [[1], [2], [3]]}).encode()
-    result = NativeResult(chunks=iter(()), extension="json", columns=[Column(name="n", type="long")])
+    counted = [0]
 
     def chunks() -> Iterator[bytes]:
         yield body[:7]
         yield body[7:50]
         yield body[50:]
-        result.row_count = 3
+        counted[0] = 3
 
-    result.chunks = chunks()
+    columns = [Column(name="n", type="long")]
+    result = NativeResult(chunks=chunks(), extension="json", columns=columns, counted=lambda: counted[0])
     output = OutputSpec(format="native", compression=compression)  # type: ignore[arg-type]
 
     # When it is written

@@ -12,16 +12,15 @@ import httpx
 import pytest
 
 from query_relay.exceptions import InvalidConnection, UpstreamUnavailable
-from query_relay.http import (
+from query_relay.models import Connection, parse_connection
+from query_relay.upstream.address import (
     LOCAL_POLICY,
     PUBLIC_POLICY,
     AddressCheckingTransport,
-    UpstreamClient,
-    build_client,
     forbidden_address_reason,
     upstream_address_policy,
 )
-from query_relay.models import Connection, parse_connection
+from query_relay.upstream.client import UpstreamClient, build_client
 
 SECRET = "policy-test-secret-5b1e"
 PUBLIC_V4 = "93.184.216.34"
@@ -198,12 +197,12 @@ def test_a_name_that_does_not_resolve_is_an_unavailable_upstream_not_a_crash() -
     def failing(host: str, port: int) -> list[tuple[Any, ...]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    upstream = UpstreamClient("policy-test", connection())
+    upstream = UpstreamClient("esql", "policy-test", connection())
     upstream.client.close()
     upstream.client = build_client(connection(), policy=PUBLIC_POLICY, resolver=failing)
     with (
         pytest.raises(UpstreamUnavailable, match="could not reach the upstream") as failed,
-        upstream.stream("GET", "/", operation="probe"),
+        upstream.stream("GET", "/", where=upstream.where("probe")),
     ):
         pass
     upstream.close()

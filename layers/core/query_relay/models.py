@@ -111,7 +111,7 @@ class Connection(StrictModel):
     verify_tls: bool = True
     # Lets base_url resolve to a private network (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),
     # e.g. a cluster inside the VPC. Loopback, link-local (the metadata address) and the like stay
-    # forbidden in AWS whatever this says (query_relay.http, "upstream address policy").
+    # forbidden in AWS whatever this says (query_relay.upstream.address).
     allow_private_network: bool = False
 
     @field_validator("base_url")

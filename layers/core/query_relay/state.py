@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from query_relay.models import ProviderName
 
@@ -76,3 +76,67 @@ class UnannouncedResult(BaseModel):
     bucket: str
     manifest_key: str
     error: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- what each task state hands its Lambda -------------------------------------------------------
+
+
+class CaughtError(BaseModel):
+    """``$.error``: what a Catch caught, ``{"Error", "Cause"}`` (a Lambda's Cause is a JSON
+    document with the message and a stack trace)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    error: Any = Field(default=None, alias="Error")
+    cause: Any = Field(default=None, alias="Cause")
+
+    @property
+    def name(self) -> str:
+        return str(self.error or "UnknownError")
+
+
+class StepInput(BaseModel):
+    """The execution state a task state hands its Lambda (see the module's doc). ``spec`` is the
+    job spec as it was given: each step parses it, so that a bad one fails with named fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: Any = None
+    execution: str = ""
+    execution_arn: str | None = None
+    job: JobState | None = None
+
+
+class SubmitInput(StepInput):
+    """Submit's: ``job`` is null on a first Submit, the QUEUED job after a WaitForSlot, and
+    ``retry_count`` (``$$.State.RetryCount``) is 0 unless the state machine retries the Submit."""
+
+    execution: str
+    retry_count: int | None = None
+
+    @property
+    def queued(self) -> JobState | None:
+        return self.job if self.job is not None and self.job.status == "QUEUED" else None
+
+
+class JobInput(StepInput):
+    """Poll's and Fetch's: the job Submit (or the last Poll) left."""
+
+    job: JobState
+
+
+class CleanupInput(StepInput):
+    """Cleanup's: the caught error, and the job state if the job got as far as Submit. Whatever
+    the error was, Cleanup must be able to read this: a job that is not an object is no job."""
+
+    error: CaughtError = Field(default_factory=CaughtError)
+
+    @field_validator("job", mode="before")
+    @classmethod
+    def _only_an_object_is_a_job(cls, value: Any) -> Any:
+        return value if isinstance(value, dict | JobState) else None
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _only_an_object_is_an_error(cls, value: Any) -> Any:
+        return value if isinstance(value, dict | CaughtError) else {}

@@ -12,8 +12,11 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import BaseModel
 
 from query_relay import aws, submissions
 from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup
@@ -22,7 +25,7 @@ from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError, cut_message
 from query_relay.history import continuation_name, should_continue, still_running
 from query_relay.limits import check_spec_fits
-from query_relay.models import Connection, JobSpec, Manifest, PollingSpec, parse_job_spec
+from query_relay.models import Connection, JobSpec, Manifest, OutputSpec, PollingSpec, parse_job_spec
 from query_relay.observability import logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
 from query_relay.providers import (
@@ -35,7 +38,15 @@ from query_relay.providers import (
 )
 from query_relay.results import ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
-from query_relay.state import Failure, JobState, ResultPointer, UnannouncedResult
+from query_relay.state import (
+    CleanupInput,
+    Failure,
+    JobInput,
+    JobState,
+    ResultPointer,
+    SubmitInput,
+    UnannouncedResult,
+)
 from query_relay.submissions import StartedTask
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
@@ -54,17 +65,18 @@ def _now() -> datetime:
 
 
 @contextmanager
-def _provider_for(connection_name: str) -> Iterator[Provider]:
-    provider = open_provider(connection_name, load_connection(connection_name))
+def _provider_for(connection_name: str, connection: Connection | None = None) -> Iterator[Provider[Any, Any]]:
+    provider = open_provider(connection_name, connection or load_connection(connection_name))
     try:
         yield provider
     finally:
         provider.close()
 
 
-def _spec_and_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
-    spec = parse_job_spec(event["spec"])
-    job = JobState.model_validate(event["job"])
+def _running_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
+    """Poll's and Fetch's input: the job spec and the job Submit (or the last Poll) left."""
+    step = JobInput.model_validate(event)
+    spec, job = parse_job_spec(step.spec), step.job
     logger.append_keys(job_id=job.job_id, connection=job.connection, upstream_id=job.upstream_id)
     return spec, job
 
@@ -72,100 +84,132 @@ def _spec_and_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
 # --- Submit ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Request:
+    """A Submit's job, read and checked; nothing is started anywhere yet."""
+
+    step: SubmitInput
+    spec: JobSpec
+    job_id: str
+    connection: Connection
+    query: BaseModel
+    submitted_at: datetime
+    deadline: datetime
+    # What the job's state keeps from its QUEUED state (and whether it now holds a slot).
+    carried: dict[str, Any] = field(default_factory=dict)
+
+
 def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
     """Start the upstream task; or, when the connection's max_concurrent slots are all taken,
     return the job QUEUED with the Wait before asking again (the state machine calls Submit again
-    with that job state)."""
-    spec = parse_job_spec(event["spec"])
-    check_spec_fits(event["spec"])  # before anything starts upstream (query_relay.limits)
-    job_id = spec.job_id or str(event["execution"])
-    logger.append_keys(job_id=job_id, connection=spec.connection)
-    connection = load_connection(spec.connection)
-    query = validate_query(connection.provider, spec.query)
-    queued = _queued_job(event)
-    submitted_at = _now()
-    # The job's clock starts when it first asked for a slot: waiting counts towards its timeout.
-    deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
-    carried = _carried_from(queued)
-    if connection.max_concurrent is not None:
-        slots = _slots(spec.connection)
-        if slots is None:
-            raise InvalidConnection(
-                f"connection {spec.connection!r} sets max_concurrent but this deployment has no "
-                "control table (CONTROL_TABLE)"
-            )
-        if not slots.acquire(job_id, str(event["execution_arn"]), connection.max_concurrent):
-            job = _wait_for_slot(spec, job_id, connection, queued, deadline=deadline, carried=carried)
-            return job.model_dump(mode="json")
-        carried["holds_slot"] = True
-    started = _started_before(event, job_id)
+    with that job state). A retried Submit resumes the task an attempt that died had started."""
+    request = _read(SubmitInput.model_validate(event))
+    if not _take_slot(request):
+        return _wait_for_slot(request).model_dump(mode="json")
+    started = _started_before(request)
     if started is not None:
-        return _resumed(spec, connection, started, job_id=job_id, deadline=deadline, carried=carried)
-    settings = get_settings()
-    options = SubmitOptions(
-        output_format=spec.output.format,
-        wait_seconds=_bounded_wait(settings.submit_wait_seconds, seconds_left),
-        timeout_seconds=spec.polling.timeout_seconds,
-        on_started=_recorder(event, job_id, submitted_at),
-    )
-    provider = open_provider(spec.connection, connection)
-    try:
-        with provider.submit(query, options) as submission:
-            job = JobState(
-                job_id=job_id,
-                connection=spec.connection,
-                provider=connection.provider,
-                upstream_id=submission.upstream_id,
-                status="RUNNING",
-                wait_seconds=_first_wait_seconds(provider, spec, submitted_at),
-                submitted_at=submitted_at,
-                deadline=deadline,
-                provider_state=submission.state,
-                **carried,
-            )
-            logger.append_keys(upstream_id=job.upstream_id)
-            if submission.result is not None:
-                job.result = _land(spec, job, submission.result)
-                job.status = "DONE"
-                metrics.add_metric(name="FastPathJobs", unit="Count", value=1)
-            elif submission.finished:
-                job.status = "FINISHED"
-        if job.status == "DONE":
-            if job.upstream_id:
-                _release_quietly(provider, job)
-            _give_back_slot(job)
-    finally:
-        provider.close()
-    metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
-    logger.info("submitted", extra={"status": job.status, "provider": job.provider})
-    _undo_if_stopped_meanwhile(event, job)
+        return _resumed(request, started).model_dump(mode="json")
+    job = _start(request, seconds_left)
+    _undo_if_stopped_meanwhile(request, job)
     return job.model_dump(mode="json")
 
 
-def _carried_from(queued: JobState | None) -> dict[str, Any]:
-    """What a job's state keeps from its QUEUED state once it gets a slot (or waits on)."""
-    if queued is None:
-        return {}
-    return {"slot_checks": queued.slot_checks, "rounds": queued.rounds, "continuations": queued.continuations}
+def _read(step: SubmitInput) -> _Request:
+    """Parse and check the job: a bad spec, connection or query fails here, before anything runs."""
+    spec = parse_job_spec(step.spec)
+    check_spec_fits(step.spec)  # before anything starts upstream (query_relay.limits)
+    job_id = spec.job_id or step.execution
+    logger.append_keys(job_id=job_id, connection=spec.connection)
+    connection = load_connection(spec.connection)
+    query = validate_query(connection.provider, spec.query)
+    queued, submitted_at = step.queued, _now()
+    # The job's clock starts when it first asked for a slot: waiting counts towards its timeout.
+    deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)
+    carried: dict[str, Any] = {}
+    if queued is not None:
+        carried = {
+            "slot_checks": queued.slot_checks,
+            "rounds": queued.rounds,
+            "continuations": queued.continuations,
+        }
+    return _Request(step, spec, job_id, connection, query, submitted_at, deadline, carried)
 
 
-def _started_before(event: dict[str, Any], job_id: str) -> StartedTask | None:
+def _take_slot(request: _Request) -> bool:
+    """One of the connection's max_concurrent slots, if it sets one; False when all are taken."""
+    limit = request.connection.max_concurrent
+    if limit is None:
+        return True
+    slots = _slots(request.spec.connection)
+    if slots is None:
+        raise InvalidConnection(
+            f"connection {request.spec.connection!r} sets max_concurrent but this deployment has no "
+            "control table (CONTROL_TABLE)"
+        )
+    if not slots.acquire(request.job_id, request.step.execution_arn or "", limit):
+        return False
+    request.carried["holds_slot"] = True
+    return True
+
+
+def _started_before(request: _Request) -> StartedTask | None:
     """The upstream task an earlier attempt of this Submit started before it died, if any. Only a
     retried attempt can find one (the state machine passes ``retry_count``; 0 on a first try)."""
-    table, execution_arn = get_settings().control_table, event.get("execution_arn")
-    if table is None or not isinstance(execution_arn, str) or event.get("retry_count") == 0:
+    table, execution_arn = get_settings().control_table, request.step.execution_arn
+    if table is None or execution_arn is None or request.step.retry_count == 0:
         return None
-    return submissions.find(table, execution_arn, job_id)
+    return submissions.find(table, execution_arn, request.job_id)
+
+
+def _start(request: _Request, seconds_left: float | None) -> JobState:
+    """Start the upstream task; a result ready inside the submit's wait lands at once (fast path)."""
+    options = SubmitOptions(
+        output_format=request.spec.output.format,
+        wait_seconds=_bounded_wait(get_settings().submit_wait_seconds, seconds_left),
+        timeout_seconds=request.spec.polling.timeout_seconds,
+        on_started=_recorder(request.step, request.job_id, request.submitted_at),
+    )
+    with _provider_for(request.spec.connection, request.connection) as provider:
+        with provider.submit(request.query, options) as submission:
+            job = _job(
+                request,
+                upstream_id=submission.upstream_id,
+                status="FINISHED" if submission.finished else "RUNNING",
+                wait_seconds=_first_wait_seconds(provider, request.spec, request.submitted_at),
+                provider_state=submission.state,
+            )
+            logger.append_keys(upstream_id=job.upstream_id)
+            if submission.result is not None:  # read while the submit's answer is open
+                job.result, job.status = _land(request.spec, job, submission.result), "DONE"
+                metrics.add_metric(name="FastPathJobs", unit="Count", value=1)
+        if job.status == "DONE":
+            _release_quietly(provider, job)
+            _give_back_slot(job)
+    metrics.add_metric(name="JobsSubmitted", unit="Count", value=1)
+    logger.info("submitted", extra={"status": job.status, "provider": job.provider})
+    return job
+
+
+def _job(request: _Request, **fields: Any) -> JobState:
+    """The job's state: what the request says, what it carried over, and ``fields``."""
+    known: dict[str, Any] = {
+        "job_id": request.job_id,
+        "connection": request.spec.connection,
+        "provider": request.connection.provider,
+        "submitted_at": request.submitted_at,
+        "deadline": request.deadline,
+    }
+    return JobState(**(known | request.carried | fields))
 
 
 def _recorder(
-    event: dict[str, Any], job_id: str, submitted_at: datetime
+    step: SubmitInput, job_id: str, submitted_at: datetime
 ) -> Callable[[str, dict[str, Any]], None]:
     """What the provider calls the moment the upstream names the task: record it for a retry."""
-    table, execution_arn = get_settings().control_table, event.get("execution_arn")
+    table, execution_arn = get_settings().control_table, step.execution_arn
 
     def record(upstream_id: str, state: dict[str, Any]) -> None:
-        if table is None or not isinstance(execution_arn, str):
+        if table is None or execution_arn is None:
             return
         try:
             submissions.record(table, execution_arn, job_id, StartedTask(upstream_id, state, submitted_at))
@@ -178,41 +222,29 @@ def _recorder(
     return record
 
 
-def _resumed(
-    spec: JobSpec,
-    connection: Connection,
-    started: StartedTask,
-    *,
-    job_id: str,
-    deadline: datetime,
-    carried: dict[str, Any],
-) -> dict[str, Any]:
+def _resumed(request: _Request, started: StartedTask) -> JobState:
     """The job of a Submit that died after the upstream named its task: go on polling that task."""
     logger.append_keys(upstream_id=started.upstream_id)
     logger.warning("an earlier attempt of this Submit started the upstream task and died: resuming it")
     metrics.add_metric(name="SubmitsResumed", unit="Count", value=1)
-    job = JobState(
-        job_id=job_id,
-        connection=spec.connection,
-        provider=connection.provider,
+    return _job(
+        request,
         upstream_id=started.upstream_id,
         status="RUNNING",
         wait_seconds=MIN_WAIT_SECONDS,
         submitted_at=started.submitted_at,
-        deadline=deadline,
         provider_state=started.state,
-        **carried,
     )
-    return job.model_dump(mode="json")
 
 
-def _undo_if_stopped_meanwhile(event: dict[str, Any], job: JobState) -> None:
+def _undo_if_stopped_meanwhile(request: _Request, job: JobState) -> None:
     """An execution stopped while its Submit ran gets no Cleanup, and the console-stop handler
     finds no job state to clean up: so Submit looks once it has started the task, and if its
     execution has ended meanwhile, undoes what it did (cancels the upstream task, removes a result
-    the fast path landed, gives the slot back)."""
-    execution_arn = event.get("execution_arn")
-    if not isinstance(execution_arn, str):
+    the fast path landed, gives the slot back). Not claimed: the party that claimed this
+    execution's cleanup found no job state to undo, and announced the ending itself."""
+    execution_arn = request.step.execution_arn
+    if execution_arn is None:
         return
     try:
         running = still_running(aws.sfn(), execution_arn)
@@ -222,23 +254,8 @@ def _undo_if_stopped_meanwhile(event: dict[str, Any], job: JobState) -> None:
     if running:
         return
     logger.warning("the execution ended while Submit ran: undoing what Submit started")
-    # Not claimed: the party that claimed this execution's cleanup found no job state to undo.
-    undo(
-        {
-            "spec": event["spec"],
-            "execution": event.get("execution"),
-            "job": job.model_dump(mode="json"),
-            "error": {"Error": "Cancelled", "Cause": "the execution ended while Submit ran"},
-        }
-    )
-
-
-def _queued_job(event: dict[str, Any]) -> JobState | None:
-    """The job state of an earlier Submit that found no free slot (``$.job``), if any."""
-    raw = event.get("job")
-    if not isinstance(raw, dict) or raw.get("status") != "QUEUED":
-        return None
-    return JobState.model_validate(raw)
+    _undo_job(job, request.spec.output)
+    _give_back_slot(job)
 
 
 def _slots(connection_name: str) -> Slots | None:
@@ -246,47 +263,34 @@ def _slots(connection_name: str) -> Slots | None:
     return Slots(table, connection_name) if table else None
 
 
-def _wait_for_slot(
-    spec: JobSpec,
-    job_id: str,
-    connection: Connection,
-    queued: JobState | None,
-    *,
-    deadline: datetime,
-    carried: dict[str, Any],
-) -> JobState:
+def _wait_for_slot(request: _Request) -> JobState:
     """The job, QUEUED: every slot of its connection is taken. Waiting counts towards
     ``polling.timeout_seconds``, like the upstream's own running time."""
-    now = _now()
+    queued, now, deadline = request.step.queued, _now(), request.deadline
     asked_at = queued.submitted_at if queued else now
     waited = (now - asked_at).total_seconds()
+    limit = request.connection.max_concurrent
     if now >= deadline:
         raise QueryTimedOut(
-            f"job {job_id} waited {waited:.0f}s (polling.timeout_seconds) for one of the "
-            f"{connection.max_concurrent} slots of connection {spec.connection!r} (max_concurrent)"
+            f"job {request.job_id} waited {waited:.0f}s (polling.timeout_seconds) for one of the "
+            f"{limit} slots of connection {request.spec.connection!r} (max_concurrent)"
         )
-    checks = carried.get("slot_checks", 0) + 1
-    job = JobState(
-        job_id=job_id,
-        connection=spec.connection,
-        provider=connection.provider,
+    checks = request.carried.get("slot_checks", 0) + 1
+    seconds_left = (deadline - now).total_seconds()
+    job = _job(
+        request,
         upstream_id=None,
         status="QUEUED",
         wait_seconds=next_wait_seconds(
-            spec.polling,
-            checks - 1,
-            seconds_left=(deadline - now).total_seconds(),
-            jitter=random.random,
+            request.spec.polling, checks - 1, seconds_left=seconds_left, jitter=random.random
         ),
         submitted_at=asked_at,
-        deadline=deadline,
-        **(carried | {"slot_checks": checks}),
+        slot_checks=checks,
     )
     if queued is not None:
         _count_round(job)
     logger.info(
-        "waiting for a slot",
-        extra={"max_concurrent": connection.max_concurrent, "checks": checks, "waited_seconds": int(waited)},
+        "waiting for a slot", extra={"max_concurrent": limit, "checks": checks, "waited_seconds": int(waited)}
     )
     metrics.add_metric(name="SlotWaits", unit="Count", value=1)
     return job
@@ -330,7 +334,7 @@ def _count_round(job: JobState) -> None:
         )
 
 
-def _first_wait_seconds(provider: Provider, spec: JobSpec, submitted_at: datetime) -> int:
+def _first_wait_seconds(provider: Provider[Any, Any], spec: JobSpec, submitted_at: datetime) -> int:
     """After a long-poll upstream's submit the Wait is the shortest: the Polls do the waiting."""
     if provider.long_polls:
         return MIN_WAIT_SECONDS
@@ -348,7 +352,7 @@ def _bounded_wait(wanted: float, seconds_left: float | None) -> float:
 
 
 def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
-    spec, job = _spec_and_job(event)
+    spec, job = _running_job(event)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to poll: the upstream gave no task id")  # pragma: no cover
     left_in_job = (job.deadline - _now()).total_seconds()
@@ -378,7 +382,7 @@ def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[st
 
 
 def watch_upstream(
-    provider: Provider,
+    provider: Provider[Any, Any],
     polling: PollingSpec,
     job: JobState,
     *,
@@ -423,7 +427,7 @@ def watch_upstream(
 
 
 def fetch(event: dict[str, Any]) -> dict[str, Any]:
-    spec, job = _spec_and_job(event)
+    spec, job = _running_job(event)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
     with _provider_for(job.connection) as provider:
@@ -435,7 +439,7 @@ def fetch(event: dict[str, Any]) -> dict[str, Any]:
     return job.model_dump(mode="json")
 
 
-def _release_quietly(provider: Provider, job: JobState) -> None:
+def _release_quietly(provider: Provider[Any, Any], job: JobState) -> None:
     """Dropping the upstream's stored result is a courtesy: the job has succeeded either way."""
     if job.upstream_id is None:
         return
@@ -492,53 +496,65 @@ def cleanup(event: dict[str, Any]) -> dict[str, Any]:
     cleans up and announces, and this execution is being stopped: nothing is undone here, and the
     failure, marked ``claimed: false`` so the machine sends no event, carries the cancel's error
     and cause."""
-    failure = _failure_of(event, _job_of(event))
-    execution_arn = event.get("execution_arn")
-    if isinstance(execution_arn, str):
+    step = CleanupInput.model_validate(event)
+    failure = _failure_of(step)
+    if step.execution_arn is not None:
         mine = Claim(MACHINE_CLAIMANT, failure.error, failure.cause)
-        held = claim_cleanup(get_settings().control_table, execution_arn, mine)
+        held = claim_cleanup(get_settings().control_table, step.execution_arn, mine)
         if held.claimant != mine.claimant:
             logger.info("another party cleans up after this execution", extra={"claimant": held.claimant})
             failure = failure.model_copy(update={"error": held.error, "cause": held.cause, "claimed": False})
             return failure.model_dump(mode="json")
-    return undo(event).model_dump(mode="json")
+    return undo(step).model_dump(mode="json")
 
 
-def undo(event: dict[str, Any]) -> Failure:
+def undo(step: CleanupInput) -> Failure:
     """Undo what a job that ended without its result started: cancel the upstream task where
     possible, drop partial output, give back its slot; the failure (name and cause) the Fail
     state and the "Query Failed" event carry. The caller has claimed the cleanup."""
-    job = _job_of(event)
-    failure = _failure_of(event, job)
-    if job is not None:
-        failure.upstream_cancelled = _cancel_upstream(job)
-        _discard_partial_output(event, job)
-    if failure.job_id and _may_hold_slot(job, failure.connection):
+    failure = _failure_of(step)
+    if step.job is not None:
+        failure.upstream_cancelled = _undo_job(step.job, _output_of(step.spec))
+    if failure.job_id and _may_hold_slot(step.job, failure.connection):
         _release_slot_quietly(failure.job_id, failure.connection)
     logger.warning("job failed", extra=failure.model_dump(include={"error", "cause", "upstream_cancelled"}))
     metrics.add_metric(name="JobsFailed", unit="Count", value=1)
     return failure
 
 
-def _job_of(event: dict[str, Any]) -> JobState | None:
-    """The job state (``$.job``), if the job got as far as Submit."""
-    return JobState.model_validate(event["job"]) if isinstance(event.get("job"), dict) else None
+def _undo_job(job: JobState, output: OutputSpec | None) -> bool:
+    """Cancel the job's upstream task (True when the upstream acknowledged it) and remove the
+    output it wrote, if any; a failure of either is logged, never raised."""
+    cancelled = _cancel_upstream(job)
+    if output is not None:
+        _discard_output(output, job)
+    return cancelled
 
 
-def _failure_of(event: dict[str, Any], job: JobState | None) -> Failure:
+def _output_of(raw_spec: Any) -> OutputSpec | None:
+    """Where the job writes, if its spec can be read (it may be the very thing that failed)."""
+    try:
+        return parse_job_spec(raw_spec).output
+    except Exception as error:  # noqa: BLE001 - the job has failed already; report, don't mask it
+        logger.warning(
+            "could not remove partial output: the job spec is not readable", extra={"detail": str(error)}
+        )
+        return None
+
+
+def _failure_of(step: CleanupInput) -> Failure:
     """The failure an execution state names (its job, connection and caught error); nothing undone yet."""
-    error = event.get("error") or {}
-    raw_spec = event.get("spec")
-    spec_document: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
-    job_id = job.job_id if job else str(spec_document.get("job_id") or event.get("execution") or "")
+    job = step.job
+    spec_document: dict[str, Any] = step.spec if isinstance(step.spec, dict) else {}
+    job_id = job.job_id if job else str(spec_document.get("job_id") or step.execution or "")
     connection = job.connection if job else str(spec_document.get("connection") or "")
     logger.append_keys(job_id=job_id, connection=connection)
     return Failure(
         job_id=job_id,
         connection=connection,
         provider=job.provider if job else _provider_name_of(connection),
-        error=str(error.get("Error") or "UnknownError"),
-        cause=_readable_cause(error.get("Cause")),
+        error=step.error.name,
+        cause=_readable_cause(step.error.cause),
     )
 
 
@@ -595,10 +611,9 @@ def _cancel_upstream(job: JobState) -> bool:
         return False
 
 
-def _discard_partial_output(event: dict[str, Any], job: JobState) -> None:
+def _discard_output(output: OutputSpec, job: JobState) -> None:
     try:
-        spec = parse_job_spec(event["spec"])
-        removed = _writer().discard(job_prefix(spec.output, job.job_id, job.submitted_at))
+        removed = _writer().discard(job_prefix(output, job.job_id, job.submitted_at))
     except Exception as error:  # noqa: BLE001 - the job has failed already; report, don't mask it
         logger.warning("could not remove partial output", extra={"detail": str(error)})
         return

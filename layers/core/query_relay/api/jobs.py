@@ -42,7 +42,7 @@ from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import logger
 from query_relay.providers import validate_query
 from query_relay.settings import get_settings
-from query_relay.state import Failure, JobState
+from query_relay.state import CaughtError, CleanupInput, Failure, JobState
 
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions.type_defs import (
@@ -301,15 +301,15 @@ def _clean_up(arn: str, claim: Claim) -> Failure:
     described = client.describe_execution(executionArn=arn)
     document = json.loads(described.get("input") or "null")
     continued = isinstance(document, dict) and "continued_from" in document
-    state: dict[str, Any] = {
-        "spec": document["spec"] if continued else document,
-        "execution": document["execution"] if continued else described["name"],
-        "error": {"Error": claim.error, "Cause": claim.cause},
-    }
-    job = _last_job_state(arn)
-    if job is not None:
-        state["job"] = job.model_dump(mode="json")
-    failure = workflow.undo(state)
+    failure = workflow.undo(
+        CleanupInput(
+            spec=document["spec"] if continued else document,
+            execution=document["execution"] if continued else described["name"],
+            execution_arn=arn,
+            job=_last_job_state(arn),
+            error=CaughtError(Error=claim.error, Cause=claim.cause),
+        )
+    )
     _announce_failure(failure)
     return failure
 

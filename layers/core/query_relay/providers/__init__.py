@@ -28,7 +28,7 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def provider_class(name: ProviderName | str) -> type[Provider]:
+def provider_class(name: ProviderName | str) -> type[Provider[Any, Any]]:
     try:
         target = PROVIDERS[name]
     except KeyError:
@@ -36,7 +36,7 @@ def provider_class(name: ProviderName | str) -> type[Provider]:
             f"provider {name!r} is not available; available: {', '.join(sorted(PROVIDERS))}"
         ) from None
     module_name, class_name = target.split(":")
-    cls: type[Provider] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Provider[Any, Any]] = getattr(importlib.import_module(module_name), class_name)
     return cls
 
 
@@ -49,7 +49,7 @@ def validate_query(provider_name: ProviderName | str, query: dict[str, Any]) -> 
         raise InvalidJobSpec(f"invalid job spec ({provider_name} query): {problems}") from None
 
 
-def open_provider(connection_name: str, connection: Connection) -> Provider:
+def open_provider(connection_name: str, connection: Connection) -> Provider[Any, Any]:
     return provider_class(connection.provider)(connection_name, connection)
 
 

@@ -4,7 +4,11 @@ A provider turns one upstream's async-task protocol into these calls and maps ev
 error to a named exception from ``query_relay.exceptions``. It never touches S3: results leave a
 provider as a ``FetchedResult`` that the writer streams into S3 parts.
 
-Adding an upstream means one module with a ``Provider`` subclass registered in
+``Provider`` is a template: it checks the connection's auth and the query's type, makes the HTTP
+client (query_relay.upstream), turns the execution state's dict into the provider's typed state,
+answers a rate-limited Poll with a later look, and closes the client. A provider package
+implements ``_submit``, ``_poll``, ``_fetch`` and ``_cancel`` (and ``_release`` where the upstream
+keeps results); adding an upstream means one package registered in
 ``query_relay.providers.PROVIDERS``, one emulator under local/, and one line in the conformance
 suite.
 """
@@ -13,13 +17,22 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from query_relay.exceptions import (
+    InvalidConnection,
+    QueryRelayError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+)
 from query_relay.models import Column, Connection, OutputFormat
+from query_relay.upstream.client import UpstreamClient
+from query_relay.upstream.errors import Envelope, ErrorAnswer, Where, no_envelope, raise_for_response
 
 
 @dataclass
@@ -30,18 +43,36 @@ class TabularResult:
     rows: Iterator[Sequence[Any]]
 
 
+def _none_counted() -> int:
+    return 0
+
+
 @dataclass
 class NativeResult:
-    """The upstream's own bytes, untouched, plus how many rows they hold (counted on the way)."""
+    """The upstream's own bytes, untouched, plus how many rows they hold (counted on the way:
+    ``row_count`` is final once ``chunks`` are exhausted)."""
 
     chunks: Iterator[bytes]
     extension: str
     columns: list[Column] = field(default_factory=list)
-    # Filled in by the provider while ``chunks`` is consumed; read it only after exhausting them.
-    row_count: int = 0
+    counted: Callable[[], int] = _none_counted
+
+    @property
+    def row_count(self) -> int:
+        return self.counted()
 
 
 FetchedResult = TabularResult | NativeResult
+
+
+class ProviderState(BaseModel):
+    """The small facts Poll, Fetch and Cancel need later, kept in the execution state
+    (``job.provider_state``). Keys a newer or older version wrote are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True)
 
 
 @dataclass
@@ -52,7 +83,6 @@ class Submission:
     upstream_id: str | None
     finished: bool
     result: FetchedResult | None = None
-    # Small provider-specific facts Poll/Fetch/Cancel need later (kept in the execution state).
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,47 +107,147 @@ class SubmitOptions:
     # any inline wait, so that a retried Submit can resume the task (query_relay.submissions).
     on_started: Callable[[str, dict[str, Any]], None] | None = None
 
-    def started(self, upstream_id: str, state: dict[str, Any]) -> None:
+    def started(self, upstream_id: str, state: ProviderState) -> None:
         if self.on_started is not None:
-            self.on_started(upstream_id, state)
+            self.on_started(upstream_id, state.dump())
 
 
-class Provider(abc.ABC):
+Q = TypeVar("Q", bound=BaseModel)
+S = TypeVar("S", bound=ProviderState)
+
+
+class Provider(abc.ABC, Generic[Q, S]):
     name: ClassVar[str]
     # The model of this provider's ``query`` object in the job spec (unknown fields rejected).
     query_model: ClassVar[type[BaseModel]]
+    state_model: ClassVar[type[ProviderState]] = ProviderState
+    # The connection auth types this upstream takes, and how to say so.
+    auth_types: ClassVar[tuple[type, ...]]
+    auth_hint: ClassVar[str]
     # False when the upstream documents no way to cancel a task; Cleanup then skips it.
     can_cancel: ClassVar[bool] = True
     # True when ``poll`` blocks until the task ends or ``wait_seconds`` pass (a long-poll). Else Poll
     # checks again after short sleeps, and the schedule bounds how late a finished task is seen.
     long_polls: ClassVar[bool] = False
+    # How long a rate-limited Poll waits when the upstream sends no Retry-After (None: the schedule's).
+    rate_limit_default_seconds: ClassVar[float | None] = None
 
     def __init__(self, connection_name: str, connection: Connection) -> None:
+        if not isinstance(connection.auth, self.auth_types):
+            raise InvalidConnection(
+                f"connection {connection_name!r}: {self.name} connections take {self.auth_hint}, "
+                f"not {connection.auth.type}"
+            )
         self.connection_name = connection_name
         self.connection = connection
+        self.http = UpstreamClient(self.name, connection_name, connection, auth=self._auth())
 
-    @abc.abstractmethod
+    def _auth(self) -> httpx.Auth | None:
+        """The requests' credentials; None: the connection's static ones (api_key, basic, bearer)."""
+        return None
+
+    # - talking to the upstream -
+
+    @staticmethod
+    def _envelope(body: bytes) -> Envelope:
+        """What this upstream's error body says (its code or type, message, request id)."""
+        return no_envelope(body)
+
+    def _classify(self, answer: ErrorAnswer) -> QueryRelayError | None:
+        """The named error for an answer only this upstream's codes explain; None: the status
+        classes decide (query_relay.upstream.errors.status_error)."""
+        return None
+
+    @contextmanager
+    def _request(
+        self,
+        method: str,
+        url: str,
+        where: Where,
+        *,
+        task_id: str | None = None,
+        check: bool = True,
+        **request: Any,
+    ) -> Iterator[httpx.Response]:
+        """One streamed request; unless ``check`` is off, a non-2xx answer raises its named error."""
+        with self.http.stream(method, url, where=where, task_id=task_id, **request) as response:
+            if check:
+                self._raise_for(response, where, task_id)
+            yield response
+
+    def _raise_for(self, response: httpx.Response, where: Where, task_id: str | None = None) -> None:
+        raise_for_response(
+            response,
+            where,
+            envelope=self._envelope,
+            classify=self._classify,
+            redact=self.http.redact,
+            task_id=task_id,
+        )
+
+    # - what the workflow calls -
+
     def submit(self, query: BaseModel, options: SubmitOptions) -> AbstractContextManager[Submission]:
         """Start the upstream task. On the fast path the result is readable inside the context."""
+        if not isinstance(query, self.query_model):
+            wanted, given = self.query_model.__name__, type(query).__name__
+            raise TypeError(f"{type(self).__name__}.submit takes a {wanted}, not {given}")
+        return self._submit(query, options)  # type: ignore[arg-type]
 
-    @abc.abstractmethod
     def poll(self, upstream_id: str, state: dict[str, Any], wait_seconds: float) -> PollStatus:
-        """Is the task finished? May block up to ``wait_seconds`` where the upstream long-polls."""
+        """Is the task finished? May block up to ``wait_seconds`` where the upstream long-polls. A
+        rate limit is not a failure of the job: the state machine waits as long as asked."""
+        try:
+            return self._poll(upstream_id, self._state(state), wait_seconds)
+        except UpstreamRateLimited as error:
+            return PollStatus(
+                finished=False,
+                retry_after_seconds=error.retry_after_seconds or self.rate_limit_default_seconds,
+                detail="rate limited by the upstream",
+            )
 
-    @abc.abstractmethod
     def fetch(
         self, upstream_id: str, state: dict[str, Any], output_format: OutputFormat
     ) -> AbstractContextManager[FetchedResult]:
         """Open the finished task's result as a stream (rows, or native bytes)."""
+        return self._fetch(upstream_id, self._state(state), output_format)
 
-    @abc.abstractmethod
     def cancel(self, upstream_id: str, state: dict[str, Any]) -> bool:
         """Stop the task (or drop its stored result). True when the upstream acknowledged it;
         an already finished or unknown task is not an error."""
+        return self._cancel(upstream_id, self._state(state))
 
-    def release(self, upstream_id: str, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Drop the upstream's stored result once it is safely in S3 (best effort; default: keep
-        it until the upstream expires it)."""
+    def release(self, upstream_id: str, state: dict[str, Any]) -> None:
+        """Drop the upstream's stored result once it is safely in S3 (best effort)."""
+        self._release(upstream_id, self._state(state))
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release network resources (HTTP clients)."""
+    def close(self) -> None:
+        self.http.close()
+
+    def _state(self, state: dict[str, Any]) -> S:
+        try:
+            return self.state_model.model_validate(state)  # type: ignore[return-value]
+        except ValidationError as error:
+            raise UpstreamProtocolError(
+                f"{self.name} job state on connection {self.connection_name!r} is not understood "
+                f"({error.error_count()} problems)"
+            ) from None
+
+    # - what a provider implements -
+
+    @abc.abstractmethod
+    def _submit(self, query: Q, options: SubmitOptions) -> AbstractContextManager[Submission]: ...
+
+    @abc.abstractmethod
+    def _poll(self, upstream_id: str, state: S, wait_seconds: float) -> PollStatus: ...
+
+    @abc.abstractmethod
+    def _fetch(
+        self, upstream_id: str, state: S, output_format: OutputFormat
+    ) -> AbstractContextManager[FetchedResult]: ...
+
+    @abc.abstractmethod
+    def _cancel(self, upstream_id: str, state: S) -> bool: ...
+
+    def _release(self, upstream_id: str, state: S) -> None:
+        """Default: keep the result until the upstream expires it."""

@@ -1,6 +1,6 @@
-"""query_relay.http: the client every provider builds, and the mapping of wire failures to named
-errors. A tiny loopback server stands in for an upstream; status mapping is checked on real
-httpx responses."""
+"""query_relay.upstream.client: the client every provider builds, and the mapping of wire failures
+to named errors. A tiny loopback server stands in for an upstream; status mapping is checked on
+real httpx responses."""
 
 from __future__ import annotations
 
@@ -25,15 +25,23 @@ from query_relay.exceptions import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from query_relay.http import (
-    UpstreamClient,
-    build_client,
-    parse_retry_after,
-    raise_for_upstream_status,
-    read_error_body,
-    redact,
-)
 from query_relay.models import Connection, parse_connection
+from query_relay.upstream.auth import Secrets, static_auth
+from query_relay.upstream.client import UpstreamClient, build_client
+from query_relay.upstream.errors import (
+    Envelope,
+    Where,
+    parse_retry_after,
+    raise_for_response,
+    read_error_body,
+)
+
+WHERE = Where("esql", "es-prod", "esql poll")
+
+
+def redact(text: str, connection: Connection) -> str:
+    return Secrets(connection, static_auth(connection)).redact(text)
+
 
 API_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
 PASSWORD = "hunter2-not-in-logs"
@@ -193,10 +201,13 @@ def test_client_reprs_never_show_the_secret(upstream: str) -> None:
 
 def test_connection_refused_becomes_upstream_unavailable(closed_port_url: str) -> None:
     # Given nothing listens on the connection's port
-    client = UpstreamClient("test-conn", _connection(closed_port_url))
+    client = UpstreamClient("esql", "test-conn", _connection(closed_port_url))
 
     # When a call is made
-    with pytest.raises(UpstreamUnavailable) as caught, client.stream("GET", "/x", operation="esql submit"):
+    with (
+        pytest.raises(UpstreamUnavailable) as caught,
+        client.stream("GET", "/x", where=client.where("esql submit")),
+    ):
         pass  # pragma: no cover - never reached
 
     # Then the error names the connection and the operation, and neither the URL nor the secret
@@ -210,10 +221,13 @@ def test_connection_refused_becomes_upstream_unavailable(closed_port_url: str) -
 
 def test_a_read_slower_than_the_timeout_becomes_upstream_unavailable(upstream: str) -> None:
     # Given an upstream that does not answer within the connection's timeout
-    client = UpstreamClient("test-conn", _connection(upstream, timeout_seconds=0.2))
+    client = UpstreamClient("esql", "test-conn", _connection(upstream, timeout_seconds=0.2))
 
     # When a call is made
-    with pytest.raises(UpstreamUnavailable) as caught, client.stream("GET", "/slow", operation="esql poll"):
+    with (
+        pytest.raises(UpstreamUnavailable) as caught,
+        client.stream("GET", "/slow", where=client.where("esql poll")),
+    ):
         pass  # pragma: no cover - never reached
 
     # Then it is reported as a timeout on that operation
@@ -223,11 +237,13 @@ def test_a_read_slower_than_the_timeout_becomes_upstream_unavailable(upstream: s
 
 def test_a_read_allowance_lets_a_long_poll_outlast_the_connection_timeout(stand_in: StandIn) -> None:
     # Given an upstream that holds the request (a long-poll) past the connection timeout
-    client = UpstreamClient("test-conn", _connection(stand_in.url, timeout_seconds=0.2))
+    client = UpstreamClient("esql", "test-conn", _connection(stand_in.url, timeout_seconds=0.2))
     threading.Timer(1.0, stand_in.release.set).start()
 
     # When the call asks for a read allowance covering the long-poll
-    with client.stream("GET", "/slow", operation="esql poll", read_allowance_seconds=30) as response:
+    with client.stream(
+        "GET", "/slow", where=client.where("esql poll"), read_allowance_seconds=30
+    ) as response:
         body = response.read()
 
     # Then the answer arrives instead of a timeout
@@ -260,17 +276,16 @@ def test_status_classes_map_to_named_errors(status: int, error: type[Exception])
 
     # When it is mapped
     with pytest.raises(error) as caught:
-        raise_for_upstream_status(response, connection_name="es-prod", operation="esql poll", reason="why")
+        raise_for_response(response, WHERE, envelope=lambda body: Envelope(message="why"))
 
     # Then the message names the operation, the connection, the status and the reason
-    assert str(caught.value).startswith("esql poll on connection 'es-prod': ")
-    assert f"HTTP {status}" in str(caught.value)
-    assert str(caught.value).endswith(": why")
+    assert str(caught.value).startswith(f"esql poll on connection 'es-prod', HTTP {status}: ")
+    assert str(caught.value).endswith(" (why)")
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
 def test_success_statuses_pass(status: int) -> None:
-    raise_for_upstream_status(httpx.Response(status), connection_name="c", operation="op")
+    raise_for_response(httpx.Response(status), WHERE)
 
 
 def test_429_carries_the_retry_after() -> None:
@@ -279,7 +294,7 @@ def test_429_carries_the_retry_after() -> None:
 
     # When it is mapped
     with pytest.raises(UpstreamRateLimited) as caught:
-        raise_for_upstream_status(response, connection_name="c", operation="esql submit")
+        raise_for_response(response, WHERE)
 
     # Then the delay travels with the error
     assert caught.value.retry_after_seconds == 7.0
@@ -288,7 +303,7 @@ def test_429_carries_the_retry_after() -> None:
 
 def test_429_without_retry_after_has_no_delay() -> None:
     with pytest.raises(UpstreamRateLimited) as caught:
-        raise_for_upstream_status(httpx.Response(429), connection_name="c", operation="op")
+        raise_for_response(httpx.Response(429), WHERE)
     assert caught.value.retry_after_seconds is None
 
 
@@ -317,10 +332,10 @@ def test_retry_after_reads_seconds_and_http_dates(value: str | None, seconds: fl
 
 def test_read_error_body_stops_at_the_limit(upstream: str) -> None:
     # Given an answer far larger than any error envelope
-    client = UpstreamClient("test-conn", _connection(upstream))
+    client = UpstreamClient("esql", "test-conn", _connection(upstream))
 
     # When its body is read as an error body
-    with client.stream("GET", "/big", operation="op") as response:
+    with client.stream("GET", "/big", where=client.where("op")) as response:
         body = read_error_body(response, limit=1000)
 
     # Then only the first bytes are kept
@@ -344,11 +359,16 @@ def test_redact_scrubs_secrets_and_url_userinfo() -> None:
 
 def test_upstream_client_redacts_the_reason_it_is_given() -> None:
     # Given an upstream reason that echoes the api key
-    client = UpstreamClient("test-conn", _connection("http://127.0.0.1:9"))
+    client = UpstreamClient("esql", "test-conn", _connection("http://127.0.0.1:9"))
 
     # When the generic mapping raises
     with pytest.raises(UpstreamAuthFailed) as caught:
-        client.raise_for_status(httpx.Response(401), operation="esql submit", reason=f"bad key {API_KEY}")
+        raise_for_response(
+            httpx.Response(401, json={"reason": f"bad key {API_KEY}"}),
+            client.where("esql submit"),
+            envelope=lambda body: Envelope(message=json.loads(body)["reason"]),
+            redact=client.redact,
+        )
 
     # Then the key is not in the message
     assert API_KEY not in str(caught.value)

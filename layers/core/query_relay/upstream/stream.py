@@ -1,0 +1,186 @@
+"""An answer's body as it streams: read its head, then replay it with the rest.
+
+A provider must often read the start of an answer to learn what it is (running or finished, which
+columns, a count or rows) before it knows how to hand the rest on. ``StreamedAnswer`` reads the
+head on demand and keeps it (the chunks, and the items parsed from them); ``items`` then yields
+the head's items followed by the rest's, ``raw_chunks`` the untouched bytes, every chunk still
+parsed so that the rows are counted and a broken document is caught. ``DelimitedRecords`` does
+the same for CSV (and other delimited text) bodies.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, Protocol, TypeVar
+
+import httpx
+
+from query_relay.upstream.errors import Where, json_object, read_error_body
+
+
+class PushReader(Protocol):
+    item_count: int
+
+    def feed(self, chunk: bytes) -> list[Any]: ...
+
+    def finish(self) -> list[Any]: ...
+
+
+R = TypeVar("R", bound=PushReader)
+
+
+class StreamedAnswer(Generic[R]):
+    """One answer on the wire, parsed by ``reader`` (a ``PathReader``) as it is read."""
+
+    def __init__(self, response: httpx.Response, reader: R, where: Where) -> None:
+        self.reader = reader
+        self.where = where
+        self._chunks = response.iter_bytes()
+        self._head_items: list[Any] = []
+        self._head_chunks: list[bytes] = []
+        self._ended = False
+
+    def read_until(self, enough: Callable[[R], bool]) -> None:
+        """Read chunks until ``enough(reader)`` or the answer ends. Readers stop at the start of a
+        result's items at the latest, so a head is small whatever the size of the result."""
+        with self.where.transport():
+            while not self._ended and not enough(self.reader):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    self._ended = True
+                    self._head_items += self.reader.finish()
+                else:
+                    self._head_chunks.append(chunk)
+                    self._head_items += self.reader.feed(chunk)
+
+    @property
+    def head(self) -> list[Any]:
+        """The items read with the head so far (``items`` hands them out first)."""
+        return self._head_items
+
+    def items(self) -> Iterator[Any]:
+        """The head's items, then every later one; the document is checked to its end."""
+        with self.where.transport():
+            head, self._head_items, self._head_chunks = self._head_items, [], []
+            yield from head
+            if not self._ended:
+                for chunk in self._chunks:
+                    yield from self.reader.feed(chunk)
+                self._ended = True
+                yield from self.reader.finish()
+
+    def raw_chunks(self) -> Iterator[bytes]:
+        """The answer's bytes as received (the head's first), each parsed on the way."""
+        with self.where.transport():
+            head, self._head_chunks, self._head_items = self._head_chunks, [], []
+            yield from head  # already parsed while reading the head
+            if not self._ended:
+                for chunk in self._chunks:
+                    self.reader.feed(chunk)
+                    yield chunk
+                self._ended = True
+                self.reader.finish()
+
+    def drain(self) -> None:
+        """Read (and check) the rest of the answer, keeping nothing."""
+        for _ in self.items():
+            pass
+
+
+def raw_chunks(response: httpx.Response, where: Where) -> Iterator[bytes]:
+    """An answer's bytes as they arrive, unread by any parser (html, xlsx ... results)."""
+    with where.transport():
+        yield from response.iter_bytes()
+
+
+def small_object(response: httpx.Response, where: Where) -> dict[str, Any]:
+    """A small JSON object answer (a token, a task's status, a saved query), read bounded."""
+    with where.transport():
+        document = json_object(read_error_body(response))
+    if document is None:
+        raise where.protocol_error(f"the answer is not a JSON object (HTTP {response.status_code})")
+    return document
+
+
+def text_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """UTF-8 text lines (ends kept, BOM dropped) from byte chunks, for the csv module. Only
+    '\\n' splits: the csv reader itself joins the lines of a quoted value."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    pending = ""
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line + "\n"
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
+class DelimitedRecords:
+    """A delimited text body (csv, tab-separated): a header line names the columns, every other
+    record is a row. ``native_chunks`` hands the bytes on as they arrived while it counts the
+    records; ``rows`` checks that each has as many values as the header."""
+
+    def __init__(
+        self, chunks: Iterator[bytes], where: Where, *, delimiter: str = ",", keep_bytes: bool
+    ) -> None:
+        self.where = where
+        self._keep_bytes = keep_bytes
+        self._seen: list[bytes] = []
+        self._records = csv.reader(text_lines(self._tee(chunks)), delimiter=delimiter)
+        self.header: list[str] = []
+        self.item_count = 0
+
+    def _tee(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if self._keep_bytes:
+                self._seen.append(chunk)
+            yield chunk
+
+    def read_header(self) -> list[str]:
+        with self.where.transport(), self._text_errors():
+            self.header = next(self._records, [])
+        return self.header
+
+    def rows(self) -> Iterator[list[str]]:
+        width = len(self.header)
+        with self.where.transport(), self._text_errors():
+            for record in self._rows():
+                if len(record) != width:
+                    raise self.where.protocol_error(
+                        f"csv record {self.item_count} has {len(record)} values, the header {width}"
+                    )
+                yield record
+
+    def native_chunks(self) -> Iterator[bytes]:
+        with self.where.transport(), self._text_errors():
+            for _ in self._rows():
+                yield from self._drain()
+            yield from self._drain()
+
+    @contextmanager
+    def _text_errors(self) -> Iterator[None]:
+        """Bytes that are not UTF-8, or a value past the csv module's field limit: not delimited text."""
+        try:
+            yield
+        except (UnicodeDecodeError, csv.Error) as error:
+            problem = error.reason if isinstance(error, UnicodeDecodeError) else str(error)
+            raise self.where.protocol_error(f"the answer is not delimited UTF-8 text ({problem})") from None
+
+    def _rows(self) -> Iterator[list[str]]:
+        for record in self._records:
+            if record:
+                self.item_count += 1
+                yield record
+            elif len(self.header) == 1:  # one column: an empty line is an empty value
+                self.item_count += 1
+                yield [""]
+            # else a blank line between records, not a row
+
+    def _drain(self) -> Iterator[bytes]:
+        seen, self._seen = self._seen, []
+        yield from seen
