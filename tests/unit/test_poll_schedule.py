@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
+from query_relay.exceptions import UpstreamRateLimited
 from query_relay.models import ApiKeyAuth, OutputFormat, PollingSpec, parse_connection
 from query_relay.polling import (
     JITTER,
@@ -20,7 +21,8 @@ from query_relay.polling import (
 )
 from query_relay.providers.base import FetchedResult, PollStatus, Provider, ProviderState, Submission
 from query_relay.state import JobState
-from query_relay.workflow import watch_upstream
+from query_relay.upstream.errors import parse_retry_after
+from query_relay.workflow import RETRY_AFTER_MAX_SECONDS, watch_upstream
 
 WIDE = PollingSpec(initial_seconds=1, max_seconds=3600, timeout_seconds=7200)
 
@@ -250,3 +252,36 @@ def test_with_no_hold_a_poll_checks_once_and_returns() -> None:
     )
     assert provider.long_poll_args == [0.0]
     assert job.wait_seconds == 1  # a tenth of 3 s, floored at the Wait state's 1 s
+
+
+class RateLimitedProvider(ScriptedProvider):
+    """Always running, and always asking to come back after ``retry_after`` seconds."""
+
+    def __init__(self, clock: FakeClock, retry_after: float) -> None:
+        super().__init__(clock, finish_after=10**6, long_polls=False)
+        self.retry_after = retry_after
+
+    def _poll(self, upstream_id: str, state: ProviderState, wait_seconds: float) -> PollStatus:
+        super()._poll(upstream_id, state, wait_seconds)
+        return PollStatus(finished=False, retry_after_seconds=self.retry_after)
+
+
+def test_a_retry_after_past_the_jobs_deadline_fails_the_poll_at_once() -> None:
+    # Given a job with two hours left and an upstream asking to wait a year (or an absurd number)
+    for retry_after in (365 * 24 * 3600.0, parse_retry_after("9" * 400)):
+        assert retry_after is not None
+        provider = RateLimitedProvider(FakeClock(), retry_after)
+        job = running_job(started_seconds_ago=0)
+        # When a Poll looks, it fails now, named, instead of waiting the deadline out
+        with pytest.raises(UpstreamRateLimited, match="past the job's deadline"):
+            watch_upstream(provider, WIDE, job, hold_seconds=0, jitter=None)
+
+
+def test_a_long_retry_after_within_the_deadline_is_honoured_up_to_the_cap() -> None:
+    # Given an upstream asking to wait 90 minutes, inside a job with two hours left
+    provider = RateLimitedProvider(FakeClock(), 5400.0)
+    job = running_job(started_seconds_ago=0)
+    # When a Poll looks
+    watch_upstream(provider, WIDE, job, hold_seconds=0, jitter=None)
+    # Then the Wait is the cap (the upstream is asked again then), not 90 minutes
+    assert job.wait_seconds == RETRY_AFTER_MAX_SECONDS

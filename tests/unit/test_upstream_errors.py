@@ -27,6 +27,7 @@ from query_relay.exceptions import (
 from query_relay.upstream.errors import (
     ERROR_BODY_LIMIT,
     REASON_LIMIT,
+    RETRY_AFTER_LONGEST_SECONDS,
     Envelope,
     ErrorAnswer,
     Where,
@@ -457,3 +458,8 @@ def test_rejected_own_id_is_a_protocol_error_naming_the_task() -> None:
     error = answer.rejected_own_id()
     assert type(error) is UpstreamProtocolError
     assert "rejected its own task id 'abc'" in str(error)
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_an_absurd_retry_after_is_a_long_finite_wait_not_an_overflow(value: str) -> None:
+    assert parse_retry_after(value, now=NOW) == RETRY_AFTER_LONGEST_SECONDS

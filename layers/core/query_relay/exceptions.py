@@ -11,6 +11,8 @@ upstream-provided reasons only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # A failure's message travels in the execution's state (Catch's ResultPath, Cleanup's failure),
 # whose size Step Functions caps: it is cut at this length (query_relay.limits has the budget).
 MESSAGE_MAX_CHARS = 4096
@@ -33,6 +35,11 @@ class QueryRelayError(Exception):
         message = cut_message(message)
         super().__init__(message)
         self.message = message
+
+    def scrub(self, redact: Callable[[str], str]) -> None:
+        """Pass the message through ``redact`` (a connection's secrets out), keeping the error."""
+        self.message = redact(self.message)
+        self.args = (self.message, *self.args[1:])
 
 
 # --- transient: retried by the state machine -----------------------------------------------------

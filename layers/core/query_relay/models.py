@@ -116,7 +116,10 @@ class Connection(StrictModel):
 
     @field_validator("base_url")
     @classmethod
-    def _strip_trailing_slash(cls, value: str) -> str:
+    def _no_credentials_and_no_trailing_slash(cls, value: str) -> str:
+        # httpx would send them as Basic auth in place of the connection's own (and print them).
+        if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials (user:password@host): give them in auth")
         return value.rstrip("/")
 
 

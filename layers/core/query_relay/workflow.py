@@ -22,7 +22,13 @@ from query_relay import aws, submissions
 from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
-from query_relay.exceptions import InvalidConnection, QueryTimedOut, UpstreamProtocolError, cut_message
+from query_relay.exceptions import (
+    InvalidConnection,
+    QueryTimedOut,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    cut_message,
+)
 from query_relay.history import continuation_name, should_continue, still_running
 from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, Manifest, OutputSpec, PollingSpec, parse_job_spec
@@ -51,6 +57,8 @@ from query_relay.submissions import StartedTask
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
+# A Retry-After longer than this is waited this long, then the upstream is asked again.
+RETRY_AFTER_MAX_SECONDS = 3600.0
 # An AWS error's cause is a sentence or two; a log line keeps at most this much of it.
 MAX_LOGGED_CAUSE = 1000
 
@@ -407,20 +415,36 @@ def watch_upstream(
         if status.finished:
             job.status = "FINISHED"
             return status
+        job_seconds_left = (job.deadline - _now()).total_seconds()
         next_check = plan_next_check(
             polling,
             polls_done=job.polls + checks - 1,
             elapsed_seconds=(_now() - job.submitted_at).total_seconds(),
             hold_left_seconds=hold_until - clock(),
-            job_seconds_left=(job.deadline - _now()).total_seconds(),
+            job_seconds_left=job_seconds_left,
             long_polls=provider.long_polls,
-            retry_after_seconds=status.retry_after_seconds,
+            retry_after_seconds=_honoured_retry_after(status.retry_after_seconds, job_seconds_left),
             jitter=jitter,
         )
         if next_check.in_lambda_seconds is None:
             job.wait_seconds = next_check.wait_seconds
             return status
         sleep(next_check.in_lambda_seconds)
+
+
+def _honoured_retry_after(seconds: float | None, job_seconds_left: float) -> float | None:
+    """The upstream's Retry-After, at most ``RETRY_AFTER_MAX_SECONDS`` (then it is asked again).
+    One that reaches past the job's deadline cannot be honoured: the job fails now rather than
+    wait its deadline out (the state machine retries the Poll a few times first)."""
+    if seconds is None:
+        return None
+    if seconds > job_seconds_left:
+        raise UpstreamRateLimited(
+            f"the upstream asks to wait {seconds:.0f}s before the next look (Retry-After), past the "
+            f"job's deadline in {max(job_seconds_left, 0):.0f}s (polling.timeout_seconds)",
+            retry_after_seconds=seconds,
+        )
+    return min(seconds, RETRY_AFTER_MAX_SECONDS)
 
 
 # --- Fetch ----------------------------------------------------------------------------------------

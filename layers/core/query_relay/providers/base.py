@@ -16,6 +16,7 @@ suite.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class SubmitOptions:
 
 
 Q = TypeVar("Q", bound=BaseModel)
+T = TypeVar("T")
 S = TypeVar("S", bound=ProviderState)
 
 
@@ -187,18 +189,24 @@ class Provider(abc.ABC, Generic[Q, S]):
 
     # - what the workflow calls -
 
-    def submit(self, query: BaseModel, options: SubmitOptions) -> AbstractContextManager[Submission]:
+    @contextmanager
+    def submit(self, query: BaseModel, options: SubmitOptions) -> Iterator[Submission]:
         """Start the upstream task. On the fast path the result is readable inside the context."""
         if not isinstance(query, self.query_model):
             wanted, given = self.query_model.__name__, type(query).__name__
             raise TypeError(f"{type(self).__name__}.submit takes a {wanted}, not {given}")
-        return self._submit(query, options)  # type: ignore[arg-type]
+        with self._scrubbing(), self._submit(query, options) as submission:  # type: ignore[arg-type]
+            if submission.result is not None:
+                submission.result = self._scrubbed_result(submission.result)
+            yield submission
 
     def poll(self, upstream_id: str, state: dict[str, Any], wait_seconds: float) -> PollStatus:
         """Is the task finished? May block up to ``wait_seconds`` where the upstream long-polls. A
         rate limit is not a failure of the job: the state machine waits as long as asked."""
         try:
-            return self._poll(upstream_id, self._state(state), wait_seconds)
+            with self._scrubbing():
+                status = self._poll(upstream_id, self._state(state), wait_seconds)
+            return dataclasses.replace(status, detail=self.http.redact(status.detail))  # upstream's words
         except UpstreamRateLimited as error:
             return PollStatus(
                 finished=False,
@@ -206,20 +214,48 @@ class Provider(abc.ABC, Generic[Q, S]):
                 detail="rate limited by the upstream",
             )
 
+    @contextmanager
     def fetch(
         self, upstream_id: str, state: dict[str, Any], output_format: OutputFormat
-    ) -> AbstractContextManager[FetchedResult]:
+    ) -> Iterator[FetchedResult]:
         """Open the finished task's result as a stream (rows, or native bytes)."""
-        return self._fetch(upstream_id, self._state(state), output_format)
+        with self._scrubbing(), self._fetch(upstream_id, self._state(state), output_format) as result:
+            yield self._scrubbed_result(result)
 
     def cancel(self, upstream_id: str, state: dict[str, Any]) -> bool:
         """Stop the task (or drop its stored result). True when the upstream acknowledged it;
         an already finished or unknown task is not an error."""
-        return self._cancel(upstream_id, self._state(state))
+        with self._scrubbing():
+            return self._cancel(upstream_id, self._state(state))
 
     def release(self, upstream_id: str, state: dict[str, Any]) -> None:
         """Drop the upstream's stored result once it is safely in S3 (best effort)."""
-        self._release(upstream_id, self._state(state))
+        with self._scrubbing():
+            self._release(upstream_id, self._state(state))
+
+    # - no secret in what a provider raises -
+
+    @contextmanager
+    def _scrubbing(self) -> Iterator[None]:
+        """Every named error raised inside leaves scrubbed of the connection's secrets, whatever
+        upstream words (an error type, a reason, a value quoted in a protocol error) it carries."""
+        try:
+            yield
+        except QueryRelayError as error:
+            error.scrub(self.http.redact)
+            raise
+
+    def _scrubbed_result(self, result: FetchedResult) -> FetchedResult:
+        """The result, its rows or bytes read under ``_scrubbing`` (they are read after fetch returns)."""
+        if isinstance(result, TabularResult):
+            return TabularResult(columns=result.columns, rows=self._scrubbed_items(result.rows))
+        return NativeResult(
+            self._scrubbed_items(result.chunks), result.extension, result.columns, result.counted
+        )
+
+    def _scrubbed_items(self, items: Iterator[T]) -> Iterator[T]:
+        with self._scrubbing():
+            yield from items
 
     def close(self) -> None:
         self.http.close()

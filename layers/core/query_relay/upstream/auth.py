@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -167,20 +171,43 @@ class TokenAuth(httpx.Auth):
 
 # --- keeping secrets out of text -----------------------------------------------------------------
 
+# Shorter than this, an encoded form is too likely to occur by chance (a secret itself is always
+# scrubbed, whatever its length).
+_MIN_ENCODED_CHARS = 6
+
+
+def forms(secret: str) -> set[str]:
+    """A secret as a server could echo it: as sent, base64, URL-encoded (both ways), and escaped
+    inside a JSON string."""
+    if not secret:
+        return set()
+    encoded = {
+        base64.b64encode(secret.encode()).decode("ascii"),
+        quote(secret, safe=""),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    return {secret} | {form for form in encoded if len(form) >= _MIN_ENCODED_CHARS}
+
 
 class Secrets:
-    """Scrubs a connection's secrets (and those its auth holds now, such as a token) from text."""
+    """Scrubs a connection's secrets (and those its auth holds, such as the tokens it handed out)
+    from text, in every form ``forms`` lists. Every ``Secrets`` alive is also applied to the
+    library's log records (``scrub_log_records``)."""
 
     def __init__(self, connection: Connection, auth: httpx.Auth | None) -> None:
-        self._fixed = _connection_secrets(connection)
+        self._fixed = set().union(*map(forms, _connection_secrets(connection)))
         self._auth = auth
+        _ALIVE.add(self)
 
     def redact(self, text: str) -> str:
-        """``text`` with URL userinfo and every secret replaced by '***'."""
+        """``text`` with URL userinfo and every form of every secret replaced by '***'."""
         scrubbed = _URL_USERINFO.sub(r"\1***@", text)
         held = self._auth.secrets() if isinstance(self._auth, TokenAuth | HeaderAuth) else []
-        # Longest first so a secret that contains another is replaced whole; empty ones match everything.
-        for secret in sorted({*self._fixed, *held} - {""}, key=len, reverse=True):
+        known = self._fixed.union(*map(forms, held))
+        # Longest first so a secret that contains another is replaced whole.
+        for secret in sorted(known, key=len, reverse=True):
             scrubbed = scrubbed.replace(secret, "***")
         return scrubbed
 
@@ -196,3 +223,33 @@ def _connection_secrets(connection: Connection) -> list[str]:
     if isinstance(auth, BearerAuth):
         return [auth.token.get_secret_value()]
     return [auth.client_secret.get_secret_value()]
+
+
+_ALIVE: weakref.WeakSet[Secrets] = weakref.WeakSet()
+# What every log record carries besides the message and the caller's extras.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})))
+
+
+def redact_everywhere(text: str) -> str:
+    """``text`` scrubbed by every connection's ``Secrets`` in this process."""
+    for secrets in list(_ALIVE):
+        text = secrets.redact(text)
+    return text
+
+
+class _ScrubLogRecords(logging.Filter):
+    """A log line's message and string extras scrubbed of every live connection's secrets (an
+    upstream's words, logged as a status or a detail, can quote one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _ALIVE:
+            return True
+        if isinstance(record.msg, str):
+            record.msg, record.args = redact_everywhere(record.getMessage()), None
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_FIELDS and isinstance(value, str):
+                setattr(record, name, redact_everywhere(value))
+        return True
+
+
+logger.addFilter(_ScrubLogRecords())

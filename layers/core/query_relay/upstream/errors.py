@@ -34,6 +34,8 @@ from query_relay.exceptions import (
 REASON_LIMIT = 2000
 # Error bodies are read to learn the upstream's reason; more than this is not an error envelope.
 ERROR_BODY_LIMIT = 64 * 1024
+# Any Retry-After is read as at most this (a year): a number, never infinity or an overflow.
+RETRY_AFTER_LONGEST_SECONDS = 365 * 24 * 3600.0
 _DELAY_SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
@@ -95,14 +97,14 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         return None
     text = value.strip()
     if _DELAY_SECONDS.fullmatch(text):  # RFC 9110 says an integer; some send 1.5
-        return float(text)
+        return min(float(text), RETRY_AFTER_LONGEST_SECONDS)  # 400 digits: a long time, not infinity
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate_to_datetime leaves '-0000' naive
         when = when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+    return min(max((when - (now or datetime.now(UTC))).total_seconds(), 0.0), RETRY_AFTER_LONGEST_SECONDS)
 
 
 def read_error_body(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
