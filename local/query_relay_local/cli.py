@@ -10,6 +10,7 @@ import argparse
 import gzip
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
-from query_relay.providers import validate_query
+from query_relay.providers import validate_job
 from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
 
 if TYPE_CHECKING:
@@ -139,11 +140,21 @@ class Job:
 
 def _run_command(args: argparse.Namespace) -> int:
     job = load_job(args.spec, args.connections)
+    check_out_dir(args.out)
     from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly; not for --help
 
     with LocalStack(echo_logs=_echo(args.verbose)) as stack:
         stack.load_connections({job.connection_name: job.connection_document})
         return run_job(stack, job, args.out, as_json=args.json)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """``--out`` must be a directory we can write into (or create), before the job runs."""
+    existing = next((path for path in (out_dir, *out_dir.parents) if path.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"--out {out_dir}: {existing} exists and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: {existing} is not writable")
 
 
 def _echo(verbose: bool) -> TextIO | None:
@@ -178,8 +189,8 @@ def load_job(spec_path: Path, connections_path: Path | None) -> Job:
         )
     document, connection = connections[spec.connection]
     try:
-        validate_query(connection.provider, spec.query)
-    except InvalidJobSpec as error:
+        validate_job(spec.connection, connection, spec.query)
+    except (InvalidJobSpec, InvalidConnection) as error:
         raise UsageError(f"{spec_path}: {error}") from None
     return Job(spec_document, spec, spec.connection, document, connection)
 
@@ -390,6 +401,7 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
+    check_out_dir(args.out)
     from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly
 
     failures = 0

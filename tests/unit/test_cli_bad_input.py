@@ -19,6 +19,7 @@ CONNECTION = {
     "base_url": "http://127.0.0.1:9200",
     "auth": {"type": "api_key", "api_key": SECRET},
 }
+CLIENT_CREDENTIALS = {"type": "client_credentials", "client_id": "c", "client_secret": SECRET}
 SPEC = {"connection": "es-local", "query": {"query": "FROM employees | LIMIT 3"}}
 
 
@@ -55,13 +56,25 @@ def text(document: Any) -> str:
         (text(SPEC), CONNECTION | {"timeout_seconds": -1}, "timeout_seconds:"),
         (text(SPEC), CONNECTION | {"token": SECRET}, "token:"),
         (text(SPEC), CONNECTION | {"auth": {"type": "api_key", "key": SECRET}}, "auth.api_key"),
+        (text(SPEC | {"polling": {"initial_seconds": True}}), CONNECTION, "polling.initial_seconds:"),
+        (text(SPEC | {"polling": {"timeout_seconds": "10"}}), CONNECTION, "polling.timeout_seconds:"),
+        (text(SPEC), CONNECTION | {"verify_tls": "no"}, "verify_tls:"),
+        (text(SPEC), CONNECTION | {"auth": {"type": "api_key", "api_key": ""}}, "auth.api_key"),
+        (text(SPEC), CONNECTION | {"auth": CLIENT_CREDENTIALS}, "esql connections take"),
+        (text(SPEC), CONNECTION | {"base_url": "http://127.0.0.1:99999"}, "base_url:"),
+        (text(SPEC), CONNECTION | {"base_url": "http://0177.0.0.1"}, "base_url:"),
+        (text(SPEC), CONNECTION | {"base_url": "https://\u24d4\u24e2.example"}, "base_url:"),
+        (text(SPEC), CONNECTION | {"base_url": f"https://elastic:{SECRET}@es.example"}, "base_url:"),
     ],
     ids=[
         "spec-malformed", "spec-not-object", "spec-empty", "spec-query-type", "spec-connection-type",
         "spec-polling-type", "spec-format", "spec-unknown-field", "spec-job-id-path", "spec-job-id-long",
         "spec-job-id-space", "spec-unknown-query-field", "spec-too-big-for-step-functions",
         "connection-scheme", "connection-flag-type", "connection-timeout", "connection-unknown-field",
-        "connection-auth-field",
+        "connection-auth-field", "spec-bool-for-number", "spec-string-for-number",
+        "connection-string-for-bool", "connection-empty-api-key", "connection-auth-type-for-provider",
+        "connection-port", "connection-octal-host", "connection-circled-host",
+        "connection-credentials-in-url",
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_naming_the_field_and_never_the_secret(
@@ -81,3 +94,22 @@ def test_bad_input_exits_2_naming_the_field_and_never_the_secret(
     assert named in captured.err
     assert str(tmp_path) in captured.err
     assert SECRET not in captured.err
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_an_out_that_is_a_file_exits_2_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    # Given a good spec and connection, and --out naming an existing file (or a path below one)
+    (tmp_path / "spec.json").write_text(text(SPEC))
+    (tmp_path / "connections.json").write_text(json.dumps({"es-local": CONNECTION}))
+    (tmp_path / "results").write_text("not a directory")
+    for out in (tmp_path / "results", tmp_path / "results" / "below"):
+        argv = ["run", str(tmp_path / "spec.json"), "--connections", str(tmp_path / "connections.json")]
+        # When the job (or the demo) is run
+        status = cli.main([*(argv if command == "run" else ["demo"]), "--out", str(out)])
+        # Then it exits 2 naming --out, and the stack never started (nothing_starts)
+        captured = capsys.readouterr()
+        assert status == cli.EXIT_USAGE
+        assert "--out" in captured.err
+        assert "is not a directory" in captured.err

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from query_relay.exceptions import InvalidConnection
 from query_relay.models import Connection, parse_connection
 from query_relay.upstream import auth
 from query_relay.upstream.auth import (
@@ -563,9 +564,12 @@ def test_redact_replaces_a_secret_that_contains_another_whole() -> None:
     assert scrubbed == "token ***, secret ***"
 
 
-def test_redact_ignores_an_empty_secret() -> None:
-    connection = _connection({"type": "api_key", "api_key": ""})
-    assert _redact(connection, "nothing secret here") == "nothing secret here"
+def test_an_empty_secret_is_refused_and_never_scrubs_everything() -> None:
+    # A connection cannot hold one (an empty string would match everywhere) ...
+    with pytest.raises(InvalidConnection, match="must not be empty"):
+        _connection({"type": "api_key", "api_key": ""})
+    # ... and a token that is empty is no form to scrub
+    assert auth.forms("") == set()
 
 
 def test_redact_ignores_a_token_auth_with_nothing_cached(key: auth.TokenKey) -> None:

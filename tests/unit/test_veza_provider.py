@@ -183,12 +183,9 @@ def test_a_spec_too_large_for_the_job_state_is_refused(
 ) -> None:
     # Given a spec of more than 64 KiB (it rides in the execution state to follow pages)
     huge = {**OKTA_USERS, "properties_to_get": [f"property_{n:06d}" for n in range(8000)]}
-    # When it is submitted, Then it is refused before anything is sent
-    with (
-        pytest.raises(InvalidJobSpec, match="bytes"),
-        provider.submit(VezaQuery.model_validate(huge), _options()),
-    ):
-        pass
+    # When it is validated (as the CLI, the API and Submit do first), Then it is refused up front
+    with pytest.raises(InvalidJobSpec, match="bytes"):
+        validate_query("veza", huge)
     assert emulator.requests == []
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,7 +34,7 @@ MAX_PROBLEMS_DESCRIBED = 20
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- job spec ------------------------------------------------------------------------------------
@@ -77,26 +80,35 @@ class JobSpec(StrictModel):
 # --- connections ---------------------------------------------------------------------------------
 
 
+def _given(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Secret = Annotated[SecretStr, AfterValidator(_given)]
+
+
 class ApiKeyAuth(StrictModel):
     type: Literal["api_key"]
-    api_key: SecretStr
+    api_key: Secret
 
 
 class BasicAuth(StrictModel):
     type: Literal["basic"]
-    username: str
-    password: SecretStr
+    username: str = Field(min_length=1)
+    password: Secret
 
 
 class BearerAuth(StrictModel):
     type: Literal["bearer"]
-    token: SecretStr
+    token: Secret
 
 
 class ClientCredentialsAuth(StrictModel):
     type: Literal["client_credentials"]
-    client_id: str
-    client_secret: SecretStr
+    client_id: str = Field(min_length=1)
+    client_secret: Secret
 
 
 Auth = Annotated[ApiKeyAuth | BasicAuth | BearerAuth | ClientCredentialsAuth, Field(discriminator="type")]
@@ -120,6 +132,11 @@ class Connection(StrictModel):
         # httpx would send them as Basic auth in place of the connection's own (and print them).
         if "@" in value.split("://", 1)[-1].split("/", 1)[0]:
             raise ValueError("must not carry credentials (user:password@host): give them in auth")
+        try:
+            urlsplit(value).port  # noqa: B018 - raises for a port out of 0..65535
+            httpx.URL(value)  # what every request is built from: a host it cannot encode fails here
+        except (ValueError, httpx.InvalidURL):
+            raise ValueError("is not a usable URL (host or port)") from None
         return value.rstrip("/")
 
 

@@ -40,7 +40,7 @@ from query_relay.providers import (
     Provider,
     SubmitOptions,
     open_provider,
-    validate_query,
+    validate_job,
 )
 from query_relay.results import ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
@@ -129,7 +129,7 @@ def _read(step: SubmitInput) -> _Request:
     job_id = spec.job_id or step.execution
     logger.append_keys(job_id=job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
-    query = validate_query(connection.provider, spec.query)
+    query = validate_job(spec.connection, connection, spec.query)
     queued, submitted_at = step.queued, _now()
     # The job's clock starts when it first asked for a slot: waiting counts towards its timeout.
     deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from query_relay import aws, workflow
+from query_relay import aws, providers, workflow
 from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinished, JobNotFound
 from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
 from query_relay.api.settings import get_control_settings
@@ -40,7 +40,6 @@ from query_relay.history import continued_as, is_continuation, latest_execution,
 from query_relay.limits import check_spec_fits
 from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import logger
-from query_relay.providers import validate_query
 from query_relay.settings import get_settings
 from query_relay.state import CaughtError, CleanupInput, Failure, JobState
 
@@ -82,8 +81,7 @@ def links_of(job_id: str) -> dict[str, str]:
 
 def validate_job(spec: JobSpec) -> None:
     """What Submit would refuse, refused before anything starts: the connection and the query."""
-    connection = load_connection(spec.connection)
-    validate_query(connection.provider, spec.query)
+    providers.validate_job(spec.connection, load_connection(spec.connection), spec.query)
 
 
 def start_job(spec: JobSpec) -> JobAccepted:

@@ -49,6 +49,13 @@ def validate_query(provider_name: ProviderName | str, query: dict[str, Any]) -> 
         raise InvalidJobSpec(f"invalid job spec ({provider_name} query): {problems}") from None
 
 
+def validate_job(connection_name: str, connection: Connection, query: dict[str, Any]) -> BaseModel:
+    """Everything knowable before a job starts, checked the same way by the CLI, the API and
+    Submit: the connection suits its provider (auth type), and the query validates."""
+    provider_class(connection.provider).check_connection(connection_name, connection)
+    return validate_query(connection.provider, query)
+
+
 def open_provider(connection_name: str, connection: Connection) -> Provider[Any, Any]:
     return provider_class(connection.provider)(connection_name, connection)
 
@@ -64,5 +71,6 @@ __all__ = [
     "TabularResult",
     "open_provider",
     "provider_class",
+    "validate_job",
     "validate_query",
 ]

@@ -134,12 +134,17 @@ class Provider(abc.ABC, Generic[Q, S]):
     # How long a rate-limited Poll waits when the upstream sends no Retry-After (None: the schedule's).
     rate_limit_default_seconds: ClassVar[float | None] = None
 
-    def __init__(self, connection_name: str, connection: Connection) -> None:
-        if not isinstance(connection.auth, self.auth_types):
+    @classmethod
+    def check_connection(cls, connection_name: str, connection: Connection) -> None:
+        """Refuse a connection this upstream cannot use (its auth type), before anything starts."""
+        if not isinstance(connection.auth, cls.auth_types):
             raise InvalidConnection(
-                f"connection {connection_name!r}: {self.name} connections take {self.auth_hint}, "
+                f"connection {connection_name!r}: {cls.name} connections take {cls.auth_hint}, "
                 f"not {connection.auth.type}"
             )
+
+    def __init__(self, connection_name: str, connection: Connection) -> None:
+        self.check_connection(connection_name, connection)
         self.connection_name = connection_name
         self.connection = connection
         self.http = UpstreamClient(self.name, connection_name, connection, auth=self._auth())

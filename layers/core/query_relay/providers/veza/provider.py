@@ -24,7 +24,7 @@ from query_relay.observability import logger
 from query_relay.providers import base
 from query_relay.providers.veza import answer
 from query_relay.providers.veza.answer import COUNT_COLUMNS, NODE_COLUMNS, ResultKind
-from query_relay.providers.veza.query import VezaQuery, check_state_size
+from query_relay.providers.veza.query import VezaQuery
 from query_relay.upstream.errors import Envelope, ErrorAnswer, Where
 from query_relay.upstream.jsonpath import PathReader
 from query_relay.upstream.stream import StreamedAnswer
@@ -66,7 +66,6 @@ class VezaProvider(base.Provider[VezaQuery, VezaState]):
         with short pauses for up to ``options.wait_seconds``. A finished task's result is read by
         Fetch (the Submission carries none), so every page is handled in one place."""
         spec = query.request_body()
-        check_state_size(spec)
         where = self.http.where("veza submit")
         with self._create_task(spec, where) as streamed:
             task_id = answer.task_id(streamed.reader)

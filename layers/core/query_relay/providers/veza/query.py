@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from query_relay.exceptions import InvalidJobSpec
 from query_relay.models import StrictModel
 
 # The spec rides in the execution state (to ask for later pages); keep it far below the 256 KiB
@@ -47,7 +46,7 @@ class VezaQuery(StrictModel):
     raw_permissions: dict[str, Any] | None = None
     effective_permissions: dict[str, Any] | None = None
     # Nodes per page (Veza may return fewer); every page of the result lands in the job.
-    page_size: int | None = Field(default=None, ge=1)
+    page_size: int | None = Field(default=None, ge=1, strict=False)  # the Query Builder writes "250"
 
     @field_validator("source_node_types")
     @classmethod
@@ -64,16 +63,16 @@ class VezaQuery(StrictModel):
                 raise ValueError(f"nodes[{position}] needs a 'node_type' string")
         return value
 
+    @model_validator(mode="after")
+    def _fits_in_the_job_state(self) -> VezaQuery:
+        size = len(json.dumps(self.request_body(), separators=(",", ":")).encode())
+        if size > SPEC_STATE_LIMIT_BYTES:
+            raise ValueError(
+                f"the query spec is {size} bytes; at most {SPEC_STATE_LIMIT_BYTES} fit in the job state "
+                "that follows its pages"
+            )
+        return self
+
     def request_body(self) -> dict[str, Any]:
         """The spec as sent: the fields given (top-level nulls left out, nested values untouched)."""
         return self.model_dump(mode="json", exclude_none=True)
-
-
-def check_state_size(spec: dict[str, Any]) -> None:
-    """Refuse, before anything is sent, a spec too large to ride in the execution state."""
-    size = len(json.dumps(spec, separators=(",", ":")).encode())
-    if size > SPEC_STATE_LIMIT_BYTES:
-        raise InvalidJobSpec(
-            f"invalid job spec (veza query): the query spec is {size} bytes; at most "
-            f"{SPEC_STATE_LIMIT_BYTES} fit in the job state that follows its pages"
-        )
