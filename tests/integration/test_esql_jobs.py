@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -250,3 +251,35 @@ def test_wrong_credentials_fail_upstream_auth_failed_without_printing_the_key(
     everything += json.dumps(stack.events())
     assert wrong_key not in everything
     assert ESQL_API_KEY not in everything
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed"])
+def test_a_partial_answer_fails_the_job_unless_the_spec_allows_partial_results(
+    stack: LocalStack, esql_emulator: EsqlEmulator, allowed: bool
+) -> None:
+    # Given a running query that ES then stops early (its answer flagged is_partial: true)
+    esql_emulator.config.query_seconds = 60
+    spec = job(DEPARTMENTS_QUERY, job_id=f"partial-{allowed}".lower())
+    if allowed:
+        spec["query"]["allow_partial_results"] = True
+    arn = stack.start_job(spec)
+    deadline = time.monotonic() + 30
+    while not esql_emulator.task_states():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (task_id,) = esql_emulator.task_states()
+    stopped = httpx.post(
+        f"{esql_emulator.base_url}/_query/async/{task_id}/stop",
+        headers={"Authorization": f"ApiKey {ESQL_API_KEY}"},
+    )
+    assert stopped.status_code == 200
+    final = stack.wait(arn, timeout=60)
+    if not allowed:
+        # Then, not allowed, the job fails named and nothing is left in S3
+        assert (final["status"], final.get("error")) == ("FAILED", "UpstreamPartialResult")
+        assert "allow_partial_results" in final["cause"]
+        assert list(stack.keys()) == []
+    else:
+        # Then, allowed, it lands and its manifest says it is partial
+        assert final["status"] == "SUCCEEDED", final
+        assert landed_manifest(stack, final)["is_partial"] is True

@@ -45,6 +45,8 @@ def text(document: Any) -> str:
         (text(SPEC | {"connection": 7}), CONNECTION, "connection:"),
         (text(SPEC | {"polling": {"initial_seconds": "soon"}}), CONNECTION, "polling.initial_seconds:"),
         (text(SPEC | {"output": {"format": "parquet"}}), CONNECTION, "output.format:"),
+        (text(SPEC | {"output": {"prefix": "a/./b/"}}), CONNECTION, "output.prefix:"),
+        (text(SPEC | {"output": {"prefix": "a//b/"}}), CONNECTION, "output.prefix:"),
         (text(SPEC | {"priority": "high"}), CONNECTION, "priority:"),
         (text(SPEC | {"job_id": "../etc/passwd"}), CONNECTION, "job_id:"),
         (text(SPEC | {"job_id": "x" * 81}), CONNECTION, "job_id:"),
@@ -68,7 +70,8 @@ def text(document: Any) -> str:
     ],
     ids=[
         "spec-malformed", "spec-not-object", "spec-empty", "spec-query-type", "spec-connection-type",
-        "spec-polling-type", "spec-format", "spec-unknown-field", "spec-job-id-path", "spec-job-id-long",
+        "spec-polling-type", "spec-format", "spec-prefix-dot", "spec-prefix-empty-segment",
+        "spec-unknown-field", "spec-job-id-path", "spec-job-id-long",
         "spec-job-id-space", "spec-unknown-query-field", "spec-too-big-for-step-functions",
         "connection-scheme", "connection-flag-type", "connection-timeout", "connection-unknown-field",
         "connection-auth-field", "spec-bool-for-number", "spec-string-for-number",

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from query_relay.exceptions import (
     InvalidConnection,
     UpstreamAuthFailed,
+    UpstreamPartialResult,
     UpstreamProtocolError,
     UpstreamQueryFailed,
     UpstreamRateLimited,
@@ -459,8 +460,9 @@ def test_a_big_result_streams_without_being_loaded(emulator_process: str) -> Non
     assert peak < 4 * 1024 * 1024
 
 
-def test_a_partial_result_is_fetched_with_a_warning(
-    provider: EsqlProvider, emulator: EsqlEmulator, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed"])
+def test_a_partial_result_fails_the_job_unless_it_allows_partial_results(
+    provider: EsqlProvider, emulator: EsqlEmulator, caplog: pytest.LogCaptureFixture, allowed: bool
 ) -> None:
     # Given a task stopped early upstream (its result is flagged is_partial)
     upstream_id = _start_running(provider, emulator, BY_DEPARTMENT, seconds=60)
@@ -468,16 +470,33 @@ def test_a_partial_result_is_fetched_with_a_warning(
         f"{emulator.base_url}/_query/async/{upstream_id}/stop", headers={"Authorization": f"ApiKey {API_KEY}"}
     )
     assert stopped.status_code == 200
+    state = {"allow_partial": True} if allowed else {}
 
     # When it is fetched
-    with provider.fetch(upstream_id, {}, "jsonl") as result:
+    with provider.fetch(upstream_id, state, "jsonl") as result:
         assert isinstance(result, TabularResult)
+        if not allowed:
+            # Then, not allowed, reading it to its end fails the job, named
+            with pytest.raises(UpstreamPartialResult, match="is_partial"):
+                list(result.rows)
+            return
         rows = list(result.rows)
 
-    # Then the rows come through and a warning says the result is partial
+    # Then, allowed, the rows come through, flagged partial, with a warning
     assert len(rows) == len(_department_counts())
+    assert result.partial()
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert any("is_partial" in message for message in warnings)
+
+
+def test_allow_partial_results_reaches_es_as_its_url_parameter(
+    provider: EsqlProvider, emulator: EsqlEmulator
+) -> None:
+    query = EsqlQuery.model_validate({"query": BY_DEPARTMENT, "allow_partial_results": True})
+    with provider.submit(query, _options()) as submission:
+        assert submission.state == {"allow_partial": True}
+    (submitted,) = [request for request in emulator.requests if request.method == "POST"]
+    assert submitted.query.get("allow_partial_results") == "true"
 
 
 def test_fetch_of_a_cancelled_task_is_expired(provider: EsqlProvider, emulator: EsqlEmulator) -> None:

@@ -88,6 +88,10 @@ class UpstreamTaskExpired(QueryRelayError):
     """The upstream no longer knows the task (unknown or expired id)."""
 
 
+class UpstreamPartialResult(QueryRelayError):
+    """The upstream says its answer is partial (ES|QL ``is_partial``) and the spec did not opt in."""
+
+
 class UpstreamProtocolError(QueryRelayError):
     """The upstream answered something this provider does not understand."""
 
@@ -107,6 +111,7 @@ ERRORS: dict[str, type[QueryRelayError]] = {
         UpstreamAuthFailed,
         UpstreamQueryFailed,
         UpstreamTaskExpired,
+        UpstreamPartialResult,
         UpstreamProtocolError,
         QueryTimedOut,
     )

@@ -34,7 +34,16 @@ MAX_PROBLEMS_DESCRIBED = 20
 
 
 class StrictModel(BaseModel):
+    """Our own documents: unknown fields refused, types strict (no "10" or true for a number)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class QueryModel(BaseModel):
+    """A provider's ``query``: unknown fields refused, but types as lax as the vendor's own API
+    (Looker writes ``limit`` as "500", Veza's Query Builder ``page_size`` as "250")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- job spec ------------------------------------------------------------------------------------
@@ -48,8 +57,9 @@ class OutputSpec(StrictModel):
     @field_validator("prefix")
     @classmethod
     def _prefix_is_a_key_prefix(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be a relative S3 key prefix (no leading '/', no '..')")
+        if value.startswith("/") or {"..", "."} & set(value.split("/")) or "//" in value:
+            # '.' and empty segments are normalised away by HTTP clients: presigned links would 404
+            raise ValueError("must be a relative S3 key prefix (no leading '/', no '.', '..' or '//')")
         if value and not value.endswith("/"):
             value += "/"
         if not re.fullmatch(r"[A-Za-z0-9!_.*'()/=-]*", value):
@@ -170,6 +180,8 @@ class Manifest(StrictModel):
     submitted_at: datetime
     completed_at: datetime
     polls: int
+    # True only when the upstream said its answer is partial and the spec opted in to land it.
+    is_partial: bool = False
 
 
 # --- validation helpers that turn pydantic errors into our named errors --------------------------

@@ -495,6 +495,7 @@ def _land(spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
         submitted_at=job.submitted_at,
         completed_at=_now(),
         polls=job.polls,
+        is_partial=result.partial(),
     )
     manifest_key = writer.write_manifest(prefix, manifest)
     metrics.add_metric(name="RowsLanded", unit="Count", value=written.row_count)

@@ -36,16 +36,23 @@ from query_relay.upstream.client import UpstreamClient
 from query_relay.upstream.errors import Envelope, ErrorAnswer, Where, no_envelope, raise_for_response
 
 
+def _none_counted() -> int:
+    return 0
+
+
+def _whole() -> bool:
+    return False
+
+
 @dataclass
 class TabularResult:
     """Rows in column order; ``columns`` is known before the first row is read."""
 
     columns: list[Column]
     rows: Iterator[Sequence[Any]]
-
-
-def _none_counted() -> int:
-    return 0
+    # True when the upstream said the answer is partial (and the spec allowed it); final once
+    # ``rows`` are exhausted.
+    partial: Callable[[], bool] = _whole
 
 
 @dataclass
@@ -57,6 +64,7 @@ class NativeResult:
     extension: str
     columns: list[Column] = field(default_factory=list)
     counted: Callable[[], int] = _none_counted
+    partial: Callable[[], bool] = _whole
 
     @property
     def row_count(self) -> int:
@@ -253,10 +261,8 @@ class Provider(abc.ABC, Generic[Q, S]):
     def _scrubbed_result(self, result: FetchedResult) -> FetchedResult:
         """The result, its rows or bytes read under ``_scrubbing`` (they are read after fetch returns)."""
         if isinstance(result, TabularResult):
-            return TabularResult(columns=result.columns, rows=self._scrubbed_items(result.rows))
-        return NativeResult(
-            self._scrubbed_items(result.chunks), result.extension, result.columns, result.counted
-        )
+            return dataclasses.replace(result, rows=self._scrubbed_items(result.rows))
+        return dataclasses.replace(result, chunks=self._scrubbed_items(result.chunks))
 
     def _scrubbed_items(self, items: Iterator[T]) -> Iterator[T]:
         with self._scrubbing():

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from query_relay.exceptions import QueryRelayError
+from query_relay.exceptions import QueryRelayError, UpstreamPartialResult
 from query_relay.models import Column, OutputFormat
 from query_relay.observability import logger
 from query_relay.providers.base import FetchedResult, NativeResult, TabularResult
@@ -118,30 +118,47 @@ def columns(answer: PathReader) -> list[Column]:
         raise answer.protocol_error("'columns' entries need a string 'name' and 'type'") from None
 
 
-def checked(items: Iterator[T], answer: PathReader, task_id: str | None) -> Iterator[T]:
-    """``items`` (rows or bytes), then the check that the whole answer was a finished result."""
+def checked(items: Iterator[T], answer: PathReader, task_id: str | None, allow_partial: bool) -> Iterator[T]:
+    """``items`` (rows or bytes), then the check that the whole answer was a finished result, and
+    a whole one unless the job allows partial results."""
     yield from items
     if _flag(answer, "is_running"):
         raise answer.protocol_error("the answer says the query is still running")
     if not answer.has("columns") or "values" not in answer.closed:
         raise answer.protocol_error("the finished answer lacks 'columns' or 'values'")
     if _flag(answer, "is_partial"):
+        if not allow_partial:
+            raise UpstreamPartialResult(
+                f"{answer.where}: ES says the answer is partial (is_partial: true: shards or clusters "
+                f"failed) after {answer.item_count} rows; set query.allow_partial_results to land it"
+            )
         logger.warning(
-            "esql result is partial (is_partial: true); the upstream returned what it had",
+            "esql result is partial (is_partial: true); landing it as the job allows",
             extra={"upstream_id": task_id, "row_count": answer.item_count},
         )
 
 
 def result(
-    streamed: StreamedAnswer[PathReader], output_format: OutputFormat, upstream_id: str | None
+    streamed: StreamedAnswer[PathReader],
+    output_format: OutputFormat,
+    upstream_id: str | None,
+    allow_partial: bool,
 ) -> FetchedResult:
     """The one way a finished answer becomes a result, for the fast path and for Fetch."""
     streamed.read_until(knows_columns)
     found, reader = columns(streamed.reader), streamed.reader
+
+    def partial() -> bool:
+        return _flag(reader, "is_partial") is True
+
     if output_format == "native":
-        chunks = checked(streamed.raw_chunks(), reader, upstream_id)
-        return NativeResult(chunks=chunks, extension="json", columns=found, counted=lambda: reader.item_count)
-    return TabularResult(columns=found, rows=checked(streamed.items(), reader, upstream_id))
+        chunks = checked(streamed.raw_chunks(), reader, upstream_id, allow_partial)
+        return NativeResult(
+            chunks=chunks, extension="json", columns=found, counted=lambda: reader.item_count, partial=partial
+        )
+    return TabularResult(
+        partial=partial, columns=found, rows=checked(streamed.items(), reader, upstream_id, allow_partial)
+    )
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -29,8 +29,15 @@ KEEP_ALIVE_MARGIN_SECONDS = 3600
 NOT_FOUND_RECHECK_SECONDS = 1.0
 
 
-class EsqlProvider(base.Provider[EsqlQuery, base.ProviderState]):
+class EsqlState(base.ProviderState):
+    """Whether the job lands an answer ES flags partial (``query.allow_partial_results``)."""
+
+    allow_partial: bool = False
+
+
+class EsqlProvider(base.Provider[EsqlQuery, EsqlState]):
     name: ClassVar[str] = "esql"
+    state_model: ClassVar[type[base.ProviderState]] = EsqlState
     query_model: ClassVar[type[BaseModel]] = EsqlQuery
     auth_types: ClassVar[tuple[type, ...]] = (ApiKeyAuth, BasicAuth, BearerAuth)
     auth_hint: ClassVar[str] = "api_key, basic or bearer auth"
@@ -40,12 +47,15 @@ class EsqlProvider(base.Provider[EsqlQuery, base.ProviderState]):
     def _submit(self, query: EsqlQuery, options: base.SubmitOptions) -> Iterator[base.Submission]:
         where = self.http.where("esql submit")
         body = {
-            **query.model_dump(mode="json", exclude_none=True),
+            **query.request_body(),
             "wait_for_completion_timeout": answer.duration(options.wait_seconds),
             "keep_alive": f"{options.timeout_seconds + KEEP_ALIVE_MARGIN_SECONDS}s",
             "keep_on_completion": False,
         }
+        state = EsqlState(allow_partial=bool(query.allow_partial_results))
         request: dict[str, Any] = {"json": body, "read_allowance_seconds": options.wait_seconds}
+        if query.allow_partial_results:
+            request["params"] = {"allow_partial_results": "true"}
         with self._request("POST", "/_query/async", where, **request) as response:
             streamed = self._answer(response, where, keep_rows=options.output_format != "native")
             running = answer.header_is_running(response.headers)
@@ -58,16 +68,16 @@ class EsqlProvider(base.Provider[EsqlQuery, base.ProviderState]):
                 if not upstream_id:
                     raise where.protocol_error("the query runs but the answer carries no id")
                 logger.info("esql query running upstream", extra={"upstream_id": upstream_id})
-                options.started(upstream_id, base.ProviderState())
-                yield base.Submission(upstream_id=upstream_id, finished=False)
+                options.started(upstream_id, state)
+                yield base.Submission(upstream_id=upstream_id, finished=False, state=state.dump())
                 return
             logger.info(
                 "esql query finished inside the submit (fast path)", extra={"upstream_id": upstream_id}
             )
-            result = answer.result(streamed, options.output_format, upstream_id)
-            yield base.Submission(upstream_id=upstream_id, finished=True, result=result)
+            result = answer.result(streamed, options.output_format, upstream_id, state.allow_partial)
+            yield base.Submission(upstream_id=upstream_id, finished=True, result=result, state=state.dump())
 
-    def _poll(self, upstream_id: str, state: base.ProviderState, wait_seconds: float) -> base.PollStatus:
+    def _poll(self, upstream_id: str, state: EsqlState, wait_seconds: float) -> base.PollStatus:
         """Long-poll: the upstream holds the GET until the query finishes or ``wait_seconds``
         pass. Only the headers (or the first fields) are read; Fetch reads the result."""
         where = self.http.where("esql poll")
@@ -84,16 +94,16 @@ class EsqlProvider(base.Provider[EsqlQuery, base.ProviderState]):
 
     @contextmanager
     def _fetch(
-        self, upstream_id: str, state: base.ProviderState, output_format: OutputFormat
+        self, upstream_id: str, state: EsqlState, output_format: OutputFormat
     ) -> Iterator[base.FetchedResult]:
         where = self.http.where("esql fetch")
         with self._open_task(upstream_id, where) as response:
             if answer.header_is_running(response.headers):
                 raise where.protocol_error(f"task {upstream_id!r} is still running")
             streamed = self._answer(response, where, keep_rows=output_format != "native")
-            yield answer.result(streamed, output_format, upstream_id)
+            yield answer.result(streamed, output_format, upstream_id, state.allow_partial)
 
-    def _cancel(self, upstream_id: str, state: base.ProviderState) -> bool:
+    def _cancel(self, upstream_id: str, state: EsqlState) -> bool:
         where = self.http.where("esql cancel")
         path = answer.task_path(upstream_id)
         with self._request("DELETE", path, where, task_id=upstream_id, check=False) as response:
@@ -104,7 +114,7 @@ class EsqlProvider(base.Provider[EsqlQuery, base.ProviderState]):
             read_error_body(response)  # the small acknowledgement; lets the connection be reused
             return True
 
-    def _release(self, upstream_id: str, state: base.ProviderState) -> None:
+    def _release(self, upstream_id: str, state: EsqlState) -> None:
         """The result is safely in S3: drop the stored copy now instead of keeping it for keep_alive."""
         self._cancel(upstream_id, state)
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from query_relay.models import StrictModel
+from query_relay.models import QueryModel
 
 Scalar = str | int | float | bool | None
 
 
-class EsqlQuery(StrictModel):
+class EsqlQuery(QueryModel):
     """The ES|QL request body a job may set. The async fields (``wait_for_completion_timeout``,
     ``keep_alive``, ``keep_on_completion``) and ``columnar`` belong to the provider, so they are
     rejected here as unknown fields."""
@@ -24,6 +24,13 @@ class EsqlQuery(StrictModel):
     locale: str | None = None
     time_zone: str | None = None
     include_ccs_metadata: bool | None = None
+    # Land an answer ES flags ``is_partial`` (shard or cluster failures) instead of failing the job
+    # with UpstreamPartialResult; sent as the URL parameter of the same name. The manifest then
+    # says ``"is_partial": true``.
+    allow_partial_results: bool | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude={"allow_partial_results"})
 
     @field_validator("query")
     @classmethod

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from query_relay.exceptions import InvalidJobSpec
-from query_relay.models import OutputFormat, StrictModel
+from query_relay.models import OutputFormat, QueryModel
 
 ResultFormat = Literal[
     "inline_json", "json", "json_detail", "json_fe", "json_bi", "csv", "html", "md", "txt", "xlsx",
@@ -33,7 +33,7 @@ _TASK_FLAGS = (
 _ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
-class LookerQuery(StrictModel):
+class LookerQuery(QueryModel):
     """Which query to run and how Looker runs it.
 
     Exactly one of ``query_id`` (a saved query), ``look_id`` (a Look's query) or an inline query

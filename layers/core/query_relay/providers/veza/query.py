@@ -8,14 +8,14 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from query_relay.models import StrictModel
+from query_relay.models import QueryModel
 
 # The spec rides in the execution state (to ask for later pages); keep it far below the 256 KiB
 # Step Functions allows, as the job spec itself is there too.
 SPEC_STATE_LIMIT_BYTES = 64 * 1024
 
 
-class VezaQuery(StrictModel):
+class VezaQuery(QueryModel):
     """The assessment query spec (Veza's ``GetAssessmentQuerySpecResultRequest``). Nested objects
     are Veza's own and pass through as given. ``page_token`` belongs to the provider, which follows
     the pages itself, so it is rejected here as an unknown field."""
@@ -46,7 +46,7 @@ class VezaQuery(StrictModel):
     raw_permissions: dict[str, Any] | None = None
     effective_permissions: dict[str, Any] | None = None
     # Nodes per page (Veza may return fewer); every page of the result lands in the job.
-    page_size: int | None = Field(default=None, ge=1, strict=False)  # the Query Builder writes "250"
+    page_size: int | None = Field(default=None, ge=1)
 
     @field_validator("source_node_types")
     @classmethod
