@@ -201,6 +201,8 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
             document = json.load(stream)
     except OSError as error:
         raise UsageError(f"{path}: cannot read the {what}: {error.strerror}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: the {what} is nested too deeply to read") from None
     except (ValueError, UnicodeDecodeError) as error:
         # JSONDecodeError names the line and column, never the text around it (it may hold a secret).
         detail = (

@@ -21,6 +21,10 @@ from .conftest import ES_CONNECTION
 QUERY = {"query": "FROM employees | LIMIT 3"}
 # A valid query too big to travel through the state machine beside the job's state, yet under the
 # API's body limit (query_relay.limits).
+# 100 levels: past query-relay's 64, well within what the json module can read.
+NESTED: dict[str, Any] = {}
+for _ in range(100):
+    NESTED = {"bool": NESTED}
 TOO_BIG_QUERY = {"query": "FROM employees | LIMIT 3 // " + "x" * JOB_SPEC_MAX_BYTES}
 
 
@@ -79,6 +83,9 @@ def fields_of(response: httpx.Response) -> list[str]:
         ("/queries", encoded(spec(connection="no/slashes")), 400, "connection"),
         ("/queries", encoded(spec(query=TOO_BIG_QUERY)), 400, "query"),
         ("/queries", oversize(spec()), 413, "body"),
+        ("/queries", encoded(spec(query=QUERY | {"filter": NESTED})), 400, "body"),
+        ("/queries", b"[" * 100_000, 400, "body"),
+        ("/schedules", b'{"spec": ' + b"{" * 100_000, 400, "body"),
         ("/schedules", b"{not json", 400, "body"),
         ("/schedules", encoded(schedule(expression="cron(0 2 * * *)")), 400, "expression"),
         ("/schedules", encoded(schedule(expression="cron(61 2 * * ? *)")), 400, "expression"),
@@ -100,6 +107,7 @@ def fields_of(response: httpx.Response) -> list[str]:
         "queries-format", "queries-prefix-escape", "queries-unknown-field", "queries-unknown-nested",
         "queries-job-id-path", "queries-job-id-long", "queries-job-id-empty", "queries-job-id-tab",
         "queries-connection-chars", "queries-spec-too-big-for-step-functions", "queries-oversize",
+        "queries-nested-deep", "queries-nested-past-the-parser", "schedules-nested-past-the-parser",
         "schedules-malformed-json", "schedules-cron-5", "schedules-cron-minute", "schedules-cron-no-?",
         "schedules-rate-0", "schedules-empty-expression", "schedules-timezone", "schedules-enabled-type",
         "schedules-unknown-field", "schedules-name", "schedules-fixed-job-id",

@@ -19,6 +19,10 @@ CONNECTION = {
     "base_url": "http://127.0.0.1:9200",
     "auth": {"type": "api_key", "api_key": SECRET},
 }
+# 100 levels: past query-relay's 64, well within what the json module can read.
+NESTED: dict[str, Any] = {}
+for _ in range(100):
+    NESTED = {"bool": NESTED}
 CLIENT_CREDENTIALS = {"type": "client_credentials", "client_id": "c", "client_secret": SECRET}
 SPEC = {"connection": "es-local", "query": {"query": "FROM employees | LIMIT 3"}}
 
@@ -46,6 +50,9 @@ def text(document: Any) -> str:
         (text(SPEC | {"polling": {"initial_seconds": "soon"}}), CONNECTION, "polling.initial_seconds:"),
         (text(SPEC | {"output": {"format": "parquet"}}), CONNECTION, "output.format:"),
         (text(SPEC | {"output": {"prefix": "a/./b/"}}), CONNECTION, "output.prefix:"),
+        (text(SPEC | {"query": {"query": "FROM x", "filter": NESTED}}), CONNECTION, "nested deeper than"),
+        ("[" * 100_000, CONNECTION, "nested too deeply"),
+        (text(SPEC), CONNECTION | {"auth": NESTED}, "nested deeper than"),
         (text(SPEC | {"output": {"prefix": "a//b/"}}), CONNECTION, "output.prefix:"),
         (text(SPEC | {"priority": "high"}), CONNECTION, "priority:"),
         (text(SPEC | {"job_id": "../etc/passwd"}), CONNECTION, "job_id:"),
@@ -71,6 +78,7 @@ def text(document: Any) -> str:
     ids=[
         "spec-malformed", "spec-not-object", "spec-empty", "spec-query-type", "spec-connection-type",
         "spec-polling-type", "spec-format", "spec-prefix-dot", "spec-prefix-empty-segment",
+        "spec-nested-deep", "spec-nested-past-the-parser", "connection-nested-deep",
         "spec-unknown-field", "spec-job-id-path", "spec-job-id-long",
         "spec-job-id-space", "spec-unknown-query-field", "spec-too-big-for-step-functions",
         "connection-scheme", "connection-flag-type", "connection-timeout", "connection-unknown-field",

@@ -463,3 +463,8 @@ def test_rejected_own_id_is_a_protocol_error_naming_the_task() -> None:
 @pytest.mark.parametrize("value", ["9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"])
 def test_an_absurd_retry_after_is_a_long_finite_wait_not_an_overflow(value: str) -> None:
     assert parse_retry_after(value, now=NOW) == RETRY_AFTER_LONGEST_SECONDS
+
+
+def test_an_error_body_nested_too_deeply_is_no_envelope() -> None:
+    assert json_object(b"[" * 100_000) is None
+    assert json_object(b'{"error": ' + b"[" * 100_000) is None

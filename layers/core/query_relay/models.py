@@ -201,7 +201,35 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
+# No document of ours nests deeper than this: a deeper one is refused before anything recurses on
+# it (validation, serialization), instead of failing with RecursionError.
+MAX_NESTING = 64
+
+
+def nesting_depth(document: Any) -> int:
+    """How deep ``document`` (decoded JSON) nests; 0 for a scalar. Iterative: any depth is safe."""
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:  # past the cap the answer is known: stop walking
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def too_deep(document: Any) -> str | None:
+    """The problem with a document nested deeper than MAX_NESTING, if it is."""
+    if nesting_depth(document) > MAX_NESTING:
+        return f"(root): nested deeper than {MAX_NESTING} levels"
+    return None
+
+
 def parse_job_spec(document: Any) -> JobSpec:
+    if problem := too_deep(document):
+        raise InvalidJobSpec(f"invalid job spec: {problem}")
     try:
         return JobSpec.model_validate(document)
     except ValidationError as error:
@@ -209,6 +237,8 @@ def parse_job_spec(document: Any) -> JobSpec:
 
 
 def parse_connection(name: str, document: Any) -> Connection:
+    if problem := too_deep(document):
+        raise InvalidConnection(f"connection {name!r} is invalid: {problem}")
     try:
         return Connection.model_validate(document)
     except ValidationError as error:

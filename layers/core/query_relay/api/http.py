@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -15,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from query_relay.api import errors
 from query_relay.api.models import ErrorBody, FieldProblem
 from query_relay.exceptions import QueryRelayError
+from query_relay.models import MAX_NESTING, too_deep
 from query_relay.observability import logger, metrics, tracer
 
 TITLE = "query-relay"
@@ -50,9 +52,9 @@ def lambda_handler_of(
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        too_large = oversize_body_response(event)
-        if too_large is not None:
-            return too_large
+        refused = oversize_body_response(event) or too_deep_body_response(event)
+        if refused is not None:
+            return refused
         return app.resolve(event, context)
 
     return lambda_handler
@@ -69,6 +71,24 @@ def body_size(event: Mapping[str, Any]) -> int:
         return len(str(body))
 
 
+def too_deep_body_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """400 naming the body when it nests deeper than MAX_NESTING (None otherwise, or when it is no
+    JSON at all, which the app refuses itself): refused before validation recurses on it."""
+    body = event.get("body")
+    if not body or event.get("isBase64Encoded"):
+        return None
+    try:
+        deep = too_deep(json.loads(body)) is not None
+    except RecursionError:
+        deep = True
+    except ValueError:
+        return None
+    if not deep:
+        return None
+    message = f"the request body nests deeper than {MAX_NESTING} levels"
+    return _refusal(HTTPStatus.BAD_REQUEST, "InvalidRequest", message)
+
+
 def oversize_body_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
     """413 naming the body when it is over MAX_BODY_BYTES (None otherwise): refused before any
     JSON parsing or validation spends time and memory on it."""
@@ -76,12 +96,15 @@ def oversize_body_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
     if size <= MAX_BODY_BYTES:
         return None
     message = f"the request body is {size} bytes; at most {MAX_BODY_BYTES} are accepted"
-    body = ErrorBody(
-        error="RequestTooLarge", message=message, fields=[FieldProblem(field="body", message=message)]
-    )
-    logger.info("request refused", extra={"error": "RequestTooLarge", "status": 413, "bytes": size})
+    return _refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestTooLarge", message)
+
+
+def _refusal(status: HTTPStatus, error: str, message: str) -> dict[str, Any]:
+    """An answer in our ErrorBody shape naming the body, given before the app sees the request."""
+    body = ErrorBody(error=error, message=message, fields=[FieldProblem(field="body", message=message)])
+    logger.info("request refused", extra={"error": error, "status": int(status)})
     return {
-        "statusCode": int(HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+        "statusCode": int(status),
         "headers": {"Content-Type": "application/json"},
         "body": body.model_dump_json(),
         "isBase64Encoded": False,

@@ -122,7 +122,7 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is not one (a gateway's HTML page, say)."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be an envelope
         return None
     return document if isinstance(document, dict) else None
 
