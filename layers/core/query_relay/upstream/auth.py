@@ -194,12 +194,13 @@ def forms(secret: str) -> set[str]:
 class Secrets:
     """Scrubs a connection's secrets (and those its auth holds, such as the tokens it handed out)
     from text, in every form ``forms`` lists. Every ``Secrets`` alive is also applied to the
-    library's log records (``scrub_log_records``)."""
+    library's log records (``_ScrubLogRecords``)."""
 
     def __init__(self, connection: Connection, auth: httpx.Auth | None) -> None:
         self._fixed = set().union(*map(forms, _connection_secrets(connection)))
         self._auth = auth
-        _ALIVE.add(self)
+        with _ALIVE_LOCK:
+            _ALIVE.add(self)
 
     def redact(self, text: str) -> str:
         """``text`` with URL userinfo and every form of every secret replaced by '***'."""
@@ -226,13 +227,16 @@ def _connection_secrets(connection: Connection) -> list[str]:
 
 
 _ALIVE: weakref.WeakSet[Secrets] = weakref.WeakSet()
+_ALIVE_LOCK = threading.Lock()  # providers are opened on other threads than those that log
 # What every log record carries besides the message and the caller's extras.
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})))
 
 
 def redact_everywhere(text: str) -> str:
     """``text`` scrubbed by every connection's ``Secrets`` in this process."""
-    for secrets in list(_ALIVE):
+    with _ALIVE_LOCK:
+        alive = list(_ALIVE)
+    for secrets in alive:
         text = secrets.redact(text)
     return text
 
