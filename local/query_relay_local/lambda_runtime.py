@@ -22,6 +22,7 @@ death (``Runtime.ExitError``, ``Sandbox.Timedout``) and no stack trace, as Lambd
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import itertools
 import json
@@ -103,6 +104,33 @@ class InvocationResult:
     function_error: str | None = None  # "Unhandled" when the handler failed, as Lambda says
 
 
+_METRICS_LOCK = threading.RLock()
+
+
+def _serialize_powertools_metrics() -> None:
+    """Lambda runs one invocation per sandbox; here concurrent invocations are threads of one
+    process, sharing Powertools' class-level metric set. Unserialized, one invocation's flush can
+    clear the set between another's emptiness check and its serialization, which then raises
+    SchemaValidationError ("Must contain at least one metric") in place of the handler's answer.
+    Adding and flushing metrics is therefore done one invocation at a time (idempotent)."""
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (  # noqa: PLC0415
+        AmazonCloudWatchEMFProvider as Provider,
+    )
+
+    for name in ("add_metric", "flush_metrics", "serialize_metric_set", "clear_metrics"):
+        original = getattr(Provider, name)
+        if getattr(original, "serialized_locally", False):
+            continue
+
+        def serialized(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _METRICS_LOCK:
+                return _original(*args, **kwargs)
+
+        wrapped = functools.wraps(original)(serialized)
+        wrapped.serialized_locally = True  # type: ignore[attr-defined]
+        setattr(Provider, name, wrapped)
+
+
 class LocalLambdaRuntime:
     """The template's functions, imported on first use and kept warm for the runtime's life."""
 
@@ -121,6 +149,7 @@ class LocalLambdaRuntime:
         self._import_lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Condition()
+        _serialize_powertools_metrics()
 
     def invoke(self, function: Function, event: Any) -> InvocationResult:
         request_id = str(uuid.uuid4())
