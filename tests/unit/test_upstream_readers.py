@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from query_relay.exceptions import UpstreamProtocolError, UpstreamUnavailable
+from query_relay.models import MAX_NESTING
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
 from query_relay.upstream.stream import DelimitedRecords, StreamedAnswer, small_object, text_lines
@@ -540,15 +541,8 @@ def test_an_empty_chunk_is_no_end_of_input() -> None:
     assert read(reader, [b'{"id": "a"', b"", b', "values": [[1]]}']) == [[1]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UpstreamProtocolError,
-    reason="issue 13 (parse bounds), toolkit bug: yajl (ijson's C backend) refuses integers beyond 64 bits "
-    "('integer overflow') "
-    "anywhere outside the rows, even in a part that is skipped; the rows and ijson's Python backend "
-    "read them",
-)
 def test_a_big_integer_outside_the_rows_is_read() -> None:
+    """yajl (ijson's C backend) refuses integers beyond 64 bits unless it hands numbers on as text."""
     reader = items_reader()
     body = b'{"result": {"nodes": [{"n": 18446744073709551615}]}, "skipped": 18446744073709551616}'
     assert read(reader, [body]) == [{"n": 18446744073709551615}]
@@ -577,14 +571,8 @@ def test_a_delimited_body_that_is_not_utf8_is_a_protocol_error() -> None:
         list(records.rows())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 13 (parse bounds), toolkit bug: ijson builds each event's prefix ('extra.item.item...') "
-    "and one send keeps "
-    "them all: a body of N nested '[' costs O(N^2) memory (30 000 bytes took 2 GiB)",
-)
 def test_deep_nesting_costs_memory_in_proportion() -> None:
+    """ijson's prefixed events cost O(depth) each: N nested '[' cost O(N^2) (30 000 took 2 GiB)."""
     depth = 4000
     tracemalloc.start()
     try:
@@ -594,3 +582,35 @@ def test_deep_nesting_costs_memory_in_proportion() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.0f} MiB for {depth} bytes of '['"
+
+
+@pytest.mark.parametrize("where", ["skipped", "collected", "item"])
+def test_a_document_nesting_deeper_than_the_cap_is_a_protocol_error(where: str) -> None:
+    deep = b"[" * (MAX_NESTING + 1) + b"]" * (MAX_NESTING + 1)
+    body = {
+        "skipped": b'{"extra": ' + deep + b', "result": {"nodes": []}}',
+        "collected": b'{"result": {"count": ' + deep + b', "nodes": []}}',
+        "item": b'{"result": {"nodes": [' + deep + b"]}}",
+    }[where]
+    with pytest.raises(UpstreamProtocolError, match=f"nests deeper than {MAX_NESTING} levels"):
+        read(items_reader(), [body])
+
+
+def test_a_document_nesting_up_to_the_cap_is_read() -> None:
+    depth = MAX_NESTING - 3  # the document, result and nodes hold the item
+    item = json.loads("[" * depth + "]" * depth)
+    body = b'{"result": {"nodes": [' + json.dumps(item).encode() + b"]}}"
+    assert read(items_reader(), [body]) == [item]
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400"])
+def test_a_float_too_large_outside_the_rows_is_a_protocol_error(number: bytes) -> None:
+    with pytest.raises(UpstreamProtocolError, match="overflow"):
+        read(items_reader(), [b'{"result": {"nodes": [' + number + b"]}}"])
+
+
+def test_numbers_outside_the_rows_read_as_json_loads_reads_them() -> None:
+    body = b'{"result": {"nodes": [1.5, -0.0, 1e-7, 12345678901234567890123, 2.5e+300, 0]}}'
+    found = read(items_reader(), [body])
+    assert found == json.loads(body)["result"]["nodes"]
+    assert [type(value) for value in found] == [float, float, float, int, float, int]

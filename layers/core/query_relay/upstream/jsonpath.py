@@ -19,8 +19,10 @@ UpstreamProtocolError naming ``where``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import ijson
@@ -28,6 +30,7 @@ import ijson.common
 import ijson.utils
 
 from query_relay.exceptions import UpstreamProtocolError
+from query_relay.models import MAX_NESTING
 from query_relay.upstream.errors import Where, first_line
 from query_relay.upstream.rows import ArrayRows, NotRows
 
@@ -47,12 +50,32 @@ STARTS = frozenset(("start_map", "start_array"))
 ENDS = frozenset(("end_map", "end_array"))
 
 
-class Subtree:
-    """Follows one nested JSON value event by event, building it (or only skipping it)."""
+class TooDeep(Exception):
+    """A document nests deeper than MAX_NESTING."""
 
-    def __init__(self, *, build: bool) -> None:
+
+def _float(number: Decimal) -> float:
+    """A number with a fraction or exponent, as a float (as the rows and json.loads read it);
+    one too large for a float is an error, not infinity."""
+    value = float(number)
+    if math.isinf(value):
+        raise ValueError("numeric (floating point) overflow")
+    return value
+
+
+def _containers_of(paths: Collection[str]) -> set[str]:
+    """The paths of the containers ``paths`` lie in (``a.b.item`` -> ``""``, ``a``, ``a.b``)."""
+    return {".".join(path.split(".")[:end]) for path in paths for end in range(path.count(".") + 1)}
+
+
+class Subtree:
+    """Follows one nested JSON value event by event, building it (or only skipping it); it may nest
+    ``room`` levels at most."""
+
+    def __init__(self, *, build: bool, room: int) -> None:
         self._builder = ijson.common.ObjectBuilder() if build else None
         self._depth = 0
+        self._room = room
 
     def event(self, event: str, value: Any) -> bool:
         """Take one event; True once the value is complete."""
@@ -60,6 +83,8 @@ class Subtree:
             self._builder.event(event, value)
         if event in STARTS:
             self._depth += 1
+            if self._depth > self._room:
+                raise TooDeep
         elif event in ENDS:
             self._depth -= 1
         return self._depth == 0
@@ -94,12 +119,21 @@ class PathReader:
         self.before_rows = before_rows
         self._what = what
         self._object_only = object_only
+        # Basic events (no prefixes: ijson would build one per event, O(depth) each); the path of a
+        # value is known from the containers read into, each named by its (unmapped) prefix.
         self._events: Any = ijson.utils.sendable_list()
-        self._parser: Any = IJSON.parse_coro(self._events, use_float=True)
-        self._item: Subtree | None = None
-        self._value: tuple[str, Subtree] | None = None
+        # Floats arrive as Decimal and are made floats here: yajl's own numbers stop at 64 bits.
+        self._parser: Any = IJSON.basic_parse_coro(self._events, use_float=False)
+        self._open: list[tuple[str, bool]] = []  # (prefix, is a map) of each container read into
+        self._key = ""  # the last key of the innermost map
+        # Where a value is only followed: an item, a collected value, or a part skipped unread.
+        self._subtree: Subtree | None = None
+        self._following: tuple[str, str] = ("skip", "")  # what the subtree is; a collected value's path
+        # The containers worth reading into: those the wanted paths lie in, the marks and the rows.
+        rows_path = {rows} if rows else set()
+        self._leads_in = _containers_of({*self._items, *self._collect, *self._marks, *rows_path})
+        self._leads_in |= self._marks | rows_path
         self._row_text: ArrayRows | None = None
-        self._depth = 0
         self.top_event: str | None = None
         self.found: dict[str, list[Any]] = {}
         self.opened: set[str] = set()
@@ -198,63 +232,93 @@ class PathReader:
 
     def _consume(self) -> list[Any]:
         found: list[Any] = []
-        for prefix, event, value in self._events:
-            item = self._item
-            if item is not None:
-                if item.event(event, value):
-                    self._item_done(item.value, found)
-                continue
-            if self._value is not None:
-                self._value_event(event, value)
-                continue
-            if event == "map_key":
-                continue
-            self._event(self._path(prefix) if self._path else prefix, event, value, found)
-        self._events.clear()
+        try:
+            for event, read in self._events:
+                value = _float(read) if read.__class__ is Decimal else read
+                subtree = self._subtree
+                if subtree is None:
+                    self._event(event, value, found)
+                elif subtree.event(event, value):
+                    self._subtree_done(subtree, found)
+        except TooDeep:
+            raise self.protocol_error(f"the {self._what} nests deeper than {MAX_NESTING} levels") from None
+        except ValueError as error:
+            raise self.protocol_error(f"the {self._what} is not valid JSON ({error})") from None
+        finally:
+            self._events.clear()
         return found
 
-    def _event(self, path: str, event: str, value: Any, found: list[Any]) -> None:
+    def _event(self, event: str, value: Any, found: list[Any]) -> None:
+        if event == "map_key":
+            self._key = value
+            return
+        if event in ENDS:
+            prefix, _ = self._open.pop()
+            name = self._name(prefix)
+            if name in self._marks:
+                self.closed.add(name)
+            self.complete = not self._open
+            return
+        prefix = self._child_prefix()
+        name = self._name(prefix)
         if self.top_event is None:
             self.top_event = event
             if self._object_only and event != "start_map":
                 raise self.protocol_error(f"the {self._what} is not one JSON object")
-        if event in ENDS:
-            self._depth -= 1
-            if path in self._marks:
-                self.closed.add(path)
-            self.complete = self._depth == 0
-        elif path in self._items:
+        if name in self._items:
             if event in STARTS:
-                self._item = Subtree(build=self.keep_items)
-                self._item.event(event, value)
+                self._follow(event, value, ("item", name), build=self.keep_items)
             else:
                 self._item_done(value, found)
-        elif path in self._collect:
+        elif name in self._collect:
             if event in STARTS:
-                self._value = (path, Subtree(build=True))
-                self._value[1].event(event, value)
+                self._follow(event, value, ("collect", name), build=True)
             elif value is not None:
-                self.found.setdefault(path, []).append(value)
+                self.found.setdefault(name, []).append(value)
         elif event in STARTS:
-            self._depth += 1
-            if path in self._marks:
-                self.opened.add(path)
-            if event == "start_array" and path == self._rows:
+            if name not in self._leads_in:
+                self._follow(event, value, ("skip", name), build=False)  # read past, unbuilt
+                return
+            if len(self._open) >= MAX_NESTING:
+                raise TooDeep
+            self._open.append((prefix, event == "start_map"))
+            if name in self._marks:
+                self.opened.add(name)
+            if event == "start_array" and name == self._rows:
                 if self.before_rows is not None:
                     self.before_rows()
                 self._row_text, self.in_rows = ArrayRows(), True
-        elif self._depth == 0:
+        elif not self._open:
             self.complete = True  # a document that is one scalar
 
+    def _child_prefix(self) -> str:
+        """ijson's prefix of the value now starting (``result.nodes.item``)."""
+        if not self._open:
+            return ""
+        parent, is_map = self._open[-1]
+        member = self._key if is_map else "item"
+        return f"{parent}.{member}" if parent else member
+
+    def _name(self, prefix: str) -> str:
+        return self._path(prefix) if self._path else prefix
+
+    def _follow(self, event: str, value: Any, following: tuple[str, str], *, build: bool) -> None:
+        """Follow the container now starting to its end: ``(what, path)``, what being an
+        ``item``, a value to ``collect`` or one to ``skip``; see ``_subtree_done``."""
+        self._subtree = Subtree(build=build, room=MAX_NESTING - len(self._open))
+        self._following = following
+        self._subtree.event(event, value)
+
+    def _subtree_done(self, subtree: Subtree, found: list[Any]) -> None:
+        self._subtree, (what, path) = None, self._following
+        if what == "item":
+            self._item_done(subtree.value, found)
+        elif what == "collect":
+            self.found.setdefault(path, []).append(subtree.value)
+        elif not self._open:
+            self.complete = True  # a top-level container read past (nothing wanted in it)
+
     def _item_done(self, value: Any, found: list[Any]) -> None:
-        self._item = None
         self.item_count += 1
         if self.keep_items:
             found.append(value)
-
-    def _value_event(self, event: str, value: Any) -> None:
-        assert self._value is not None
-        path, subtree = self._value
-        if subtree.event(event, value):
-            self._value = None
-            self.found.setdefault(path, []).append(subtree.value)
