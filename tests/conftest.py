@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.hostile import hostile  # noqa: F401 - a fixture every test may ask for
+
 _real_connect = socket.socket.connect
 
 

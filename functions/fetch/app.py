@@ -14,4 +14,4 @@ from query_relay.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return workflow.fetch(event)
+    return workflow.fetch(event, seconds_left=context.get_remaining_time_in_millis() / 1000)

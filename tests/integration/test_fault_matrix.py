@@ -71,6 +71,7 @@ LOOKER_QUERY: dict[str, Any] = {
 }
 VEZA_QUERY: dict[str, Any] = {**OKTA_USERS, "page_size": 5}  # 14 nodes: three pages
 TRUNCATE_AFTER_BYTES = 1500  # well inside every provider's first answer of the result
+TRICKLE_SECONDS = 1.5  # a byte this often: inside the client's 2 s per-read timeout
 
 Predicate = Callable[[Request], bool]
 
@@ -319,7 +320,7 @@ ALL = ("esql", "looker", "veza")
 
 def case_name(phase: str, fault: dict[str, Any]) -> str:
     kinds = "-".join(name if value is True else f"{name}-{value}" for name, value in fault.items())
-    return f"{phase}-{kinds}".replace("_", "-")
+    return f"{phase}-{kinds}".replace("_", "-").replace(".", "-")
 
 
 # --- transient faults: absorbed, the job lands exactly the upstream's rows -----------------------
@@ -339,16 +340,29 @@ TRANSIENT_FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("fetch", {"delay_seconds": BEYOND_CLIENT_TIMEOUT_SECONDS}),
     ("fetch", {"truncate_after_bytes": TRUNCATE_AFTER_BYTES}),
     ("fetch", {"truncate_after_bytes": TRUNCATE_AFTER_BYTES, "times": 2}),
+    # Every byte inside the client's per-read timeout: only the whole exchange's deadline (the
+    # client timeout plus the long-poll's 1 s) ends it.
+    ("poll", {"trickle_seconds": TRICKLE_SECONDS}),
 ]
-TRANSIENT = [Case(case_name(phase, fault), phase, fault) for phase, fault in TRANSIENT_FAULTS]
+# ES|QL's submit may carry the whole result (the fast path): its deadline is the Submit Lambda's
+# end, minutes away, so its trickled submit is a unit test (test_upstream_deadline.py).
+TRANSIENT_ONLY = {
+    provider: [("submit", {"trickle_seconds": TRICKLE_SECONDS})] for provider in ("looker", "veza")
+}
+
+
+def transient_cases(provider: str) -> list[Case]:
+    faults = [*TRANSIENT_FAULTS, *TRANSIENT_ONLY.get(provider, [])]
+    return [Case(case_name(phase, fault), phase, fault) for phase, fault in faults]
 
 
 @pytest.mark.parametrize("provider", ALL)
 def test_transient_faults_are_absorbed_and_each_job_lands_exactly_the_upstream_rows(provider: str) -> None:
     # Given one job per transient fault (429 with and without Retry-After, 5xx, a reset connection,
-    # an answer later than the client's timeout, a body cut off), each armed for one phase
+    # an answer later than the client's timeout, a body cut off, an answer trickled a byte every
+    # 2 s), each armed for one phase
     # When the jobs run
-    with run_concurrently(provider, TRANSIENT) as (stack, outcomes):
+    with run_concurrently(provider, transient_cases(provider)) as (stack, outcomes):
         # Then every fault was met, every job succeeded with exactly the upstream's rows and nothing
         # else under its prefix, and its upstream task ended as after any successful job
         def check(outcome: Outcome) -> None:

@@ -48,6 +48,8 @@ class Upstream:
     connection: Callable[[Any, str], dict[str, Any]]  # (emulator, secret) -> connection document
     good_query: dict[str, Any]
     bad_query: dict[str, Any]
+    # The call whose error answer echoes the credentials it was sent, and that error's status.
+    echoed: tuple[str, int]
 
     def derived_secrets(self, emulators: list[Any]) -> set[str]:
         tokens: set[str] = set()
@@ -82,6 +84,7 @@ UPSTREAMS = [
         esql_connection,
         {"query": "FROM employees | KEEP emp_no, salary | SORT emp_no | LIMIT 5"},
         {"query": "FROM no_such_index | LIMIT 3"},
+        ("submit", 400),
     ),
     Upstream(
         "looker",
@@ -90,6 +93,7 @@ UPSTREAMS = [
         looker_connection,
         BY_COUNTRY,
         BAD_FIELD,
+        ("login", 401),  # the form it echoes holds the client secret
     ),
     Upstream(
         "veza",
@@ -98,6 +102,7 @@ UPSTREAMS = [
         veza_connection,
         OKTA_USERS,
         {"include_nodes": True, "source_node_types": {"nodes": [{"node_type": "OktaUsr"}]}},
+        ("submit", 400),
     ),
 ]
 
@@ -139,12 +144,16 @@ def test_no_secret_leaks_on_success_or_any_failure(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Given a fast emulator and a slow one (for the timeout), with good and wrong credentials
-    fast, slow = upstream.start(exits, 0.0), upstream.start(exits, 120.0)
+    # Given a fast emulator and a slow one (for the timeout), with good and wrong credentials, and
+    # one whose error answer quotes the credentials it was sent in every string (type and reason)
+    fast, slow, echoing = (upstream.start(exits, seconds) for seconds in (0.0, 120.0, 0.0))
+    operation, status = upstream.echoed
+    echoing.fail_next(operation, status, echo_credentials=True, times=10)
     connections = {
         "good": upstream.connection(fast, upstream.secret),
         "wrong": upstream.connection(fast, WRONG_SECRET),
         "slow": upstream.connection(slow, upstream.secret),
+        "echo": upstream.connection(echoing, upstream.secret),
     }
     if upstream.provider == "esql":
         connections["basic"] = connections["good"] | {
@@ -155,6 +164,7 @@ def test_no_secret_leaks_on_success_or_any_failure(
         "auth": spec("wrong", upstream.good_query, "leak-auth"),
         "query": spec("good", upstream.bad_query, "leak-query"),
         "timeout": spec("slow", upstream.good_query, "leak-timeout", TIMING_OUT),
+        "echo": spec("echo", upstream.good_query, "leak-echo"),
     }
     if upstream.provider == "esql":
         jobs["basic"] = spec("basic", upstream.good_query, "leak-basic")
@@ -179,6 +189,8 @@ def test_no_secret_leaks_on_success_or_any_failure(
         assert outcomes["auth"] == ("FAILED", "UpstreamAuthFailed")
         assert outcomes["query"] == ("FAILED", "UpstreamQueryFailed")
         assert outcomes["timeout"] == ("FAILED", "QueryTimedOut")
+        assert outcomes["echo"] in {("FAILED", "UpstreamQueryFailed"), ("FAILED", "UpstreamAuthFailed")}
+        assert [fault["times"] for fault in echoing.faults.pending()] != [10], "no answer echoed"
         if "basic" in outcomes:
             assert outcomes["basic"] == ("SUCCEEDED", None), finals["basic"]
         seen += [json.dumps(final, default=str) for final in finals.values()]
@@ -201,7 +213,7 @@ def test_no_secret_leaks_on_success_or_any_failure(
 
     # Then no secret, nor any form of one, appears anywhere
     secrets = forms_of(upstream.secret) | forms_of(WRONG_SECRET)
-    secrets |= upstream.derived_secrets([fast, slow])
+    secrets |= upstream.derived_secrets([fast, slow, echoing])
     if upstream.provider == "esql":
         secrets |= forms_of(ES_PASSWORD) | forms_of(f"{ES_USER}:{ES_PASSWORD}")
     if upstream.provider == "looker":

@@ -504,6 +504,44 @@ def test_an_injected_503_is_no_shard_available(http: httpx.Client, emulator: Esq
     assert error_of(submit(http))[:2] == (503, "no_shard_available_action_exception")
 
 
+def test_an_echoing_error_quotes_the_credentials_in_every_string(emulator: EsqlEmulator) -> None:
+    emulator.fail_next("submit", 400, echo_credentials=True)
+    with httpx.Client(base_url=emulator.base_url, timeout=10) as client:
+        answer = client.post("/_query/async", json={"query": SMALL_QUERY}, auth=("reader", "pa55word"))
+    body = answer.json()
+    assert answer.status_code == 400
+    for said in (body["error"]["type"], body["error"]["reason"], body["error"]["root_cause"][0]["type"]):
+        assert "reader:pa55word" in said
+        assert "Basic " in said
+
+
+def test_a_trickled_answer_arrives_a_byte_at_a_time(emulator: EsqlEmulator) -> None:
+    emulator.fail_next("submit", trickle_seconds=0.002)
+    with (
+        httpx.Client(base_url=emulator.base_url, timeout=10) as client,
+        client.stream("POST", "/_query/async", json={"query": SMALL_QUERY}) as answer,
+    ):
+        pieces = list(answer.iter_raw())
+    assert len(pieces) > 10
+    assert {len(piece) for piece in pieces} == {1}
+    assert json.loads(b"".join(pieces))["is_running"] is False
+
+
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        ({"echo_credentials": True}, "echo_credentials goes with a status"),
+        ({"trickle_seconds": 0}, "trickle_seconds must be more than 0"),
+        ({"trickle_seconds": 1, "reset": True}, "a trickled answer is whole"),
+    ],
+)
+def test_fail_next_refuses_new_kinds_out_of_place(
+    emulator: EsqlEmulator, fault: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        emulator.fail_next("submit", **fault)
+
+
 def test_fail_next_rejects_unknown_operations(emulator: EsqlEmulator) -> None:
     with pytest.raises(ValueError, match="unknown operation"):
         emulator.fail_next("fetch", 500)

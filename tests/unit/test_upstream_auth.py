@@ -29,6 +29,7 @@ from query_relay.upstream.auth import (
     static_auth,
     token_key,
 )
+from query_relay.upstream.client import UpstreamClient
 
 BASE_URL = "https://looker.example:19999"
 API_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
@@ -263,10 +264,30 @@ class Upstream:
         self.seen.append(token)
         return httpx.Response(200 if self.accepts(token) else 401, json={"path": request.url.path})
 
-    def client(self, auth_: httpx.Auth) -> httpx.Client:
-        return httpx.Client(
-            base_url="https://upstream.example", transport=httpx.MockTransport(self.handler), auth=auth_
+    def client(self, auth_: httpx.Auth) -> Caller:
+        return Caller(self.handler, auth_)
+
+
+class Caller:
+    """Requests through an UpstreamClient (which answers a 401 to a token with one new login and
+    one retry) to a mock transport."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response], auth_: httpx.Auth) -> None:
+        transport = httpx.MockTransport(handler)
+        self.http = UpstreamClient(
+            "looker", "auth-test", _client_credentials(), auth=auth_, transport=transport
         )
+
+    def get(self, path: str) -> httpx.Response:
+        with self.http.stream("GET", path, where=self.http.where("test")) as response:
+            response.read()
+            return response
+
+    def __enter__(self) -> Caller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
 
 
 @dataclass
@@ -401,10 +422,8 @@ def test_a_401_after_another_caller_renewed_keeps_the_new_token(key: auth.TokenK
 
     seen: list[str] = []
     login = Login()
-    with httpx.Client(
-        transport=httpx.MockTransport(handler), auth=TokenAuth(key, login, cache=cache)
-    ) as client:
-        answer = client.get("https://upstream.example/q")
+    with Caller(handler, TokenAuth(key, login, cache=cache)) as client:
+        answer = client.get("/q")
 
     # Then the retry uses the other caller's token: no login, and it is not dropped
     assert answer.status_code == 200

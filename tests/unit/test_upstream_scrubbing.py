@@ -11,9 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
@@ -29,57 +26,11 @@ from query_relay.models import Connection, parse_connection
 from query_relay.providers import NativeResult, SubmitOptions, open_provider, validate_query
 from query_relay.upstream.auth import Secrets, forms
 from query_relay_local.emulators.looker import LookerEmulator
+from tests.hostile import Hostile
 
 # A secret with characters that JSON, URLs and base64 each write differently.
 SECRET = 'k3y/with+odd"chars&=s3cr3t'
 LOOKER_ID, LOOKER_SECRET = "scrub-client", "looker-secret-echoed-7b1d"
-
-
-class Hostile:
-    """An upstream that answers every request from a script: (method, path prefix) -> (status, body)."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
-        hostile = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                status, body = next(
-                    (
-                        answer
-                        for (method, prefix), answer in hostile.routes.items()
-                        if method == self.command and self.path.startswith(prefix)
-                    ),
-                    (404, {"message": "no route"}),
-                )
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    server = Hostile()
-    yield server
-    server.close()
 
 
 def _connection(provider: str, base_url: str, auth: dict[str, Any]) -> Connection:

@@ -11,7 +11,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,6 +54,7 @@ from query_relay.state import (
     UnannouncedResult,
 )
 from query_relay.submissions import StartedTask
+from query_relay.upstream.deadline import invocation_ends_within
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
@@ -117,8 +118,9 @@ def submit(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[
     started = _started_before(request)
     if started is not None:
         return _resumed(request, started).model_dump(mode="json")
-    job = _start(request, seconds_left)
-    _undo_if_stopped_meanwhile(request, job)
+    with _upstream_time(seconds_left):
+        job = _start(request, seconds_left)
+        _undo_if_stopped_meanwhile(request, job)
     return job.model_dump(mode="json")
 
 
@@ -350,6 +352,14 @@ def _first_wait_seconds(provider: Provider[Any, Any], spec: JobSpec, submitted_a
     return next_wait_seconds(spec.polling, 0, elapsed_seconds=elapsed, jitter=random.random)
 
 
+def _upstream_time(seconds_left: float | None) -> AbstractContextManager[None]:
+    """Every upstream exchange of this invocation ends LAMBDA_TIME_MARGIN_SECONDS before the
+    Lambda would be stopped: a trickling upstream fails the step with a named error
+    (UpstreamUnavailable), retried like any, and the step still has time to clean up."""
+    usable = None if seconds_left is None else seconds_left - LAMBDA_TIME_MARGIN_SECONDS
+    return invocation_ends_within(usable)
+
+
 def _bounded_wait(wanted: float, seconds_left: float | None) -> float:
     if seconds_left is None:
         return wanted
@@ -370,7 +380,7 @@ def poll(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[st
             f"(polling.timeout_seconds); {job.polls} polls"
         )
     hold = _bounded_wait(min(get_settings().long_poll_max_seconds, left_in_job), seconds_left)
-    with _provider_for(job.connection) as provider:
+    with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         status = watch_upstream(provider, spec.polling, job, hold_seconds=hold)
     job.polls += 1
     job.continue_as_new, job.next_execution = False, None
@@ -450,11 +460,11 @@ def _honoured_retry_after(seconds: float | None, job_seconds_left: float) -> flo
 # --- Fetch ----------------------------------------------------------------------------------------
 
 
-def fetch(event: dict[str, Any]) -> dict[str, Any]:
+def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
     spec, job = _running_job(event)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
-    with _provider_for(job.connection) as provider:
+    with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             job.result = _land(spec, job, result)
         _release_quietly(provider, job)

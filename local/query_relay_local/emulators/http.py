@@ -5,8 +5,9 @@ Vendor specifics (routes, error envelopes, auth schemes) stay in the subclasses;
 holds the plumbing they share, so Looker and Veza emulators behave like the ES|QL one in tests.
 
 Faults (`fail_next(operation, status=None, *, times=1, retry_after=None, delay_seconds=None,
-reset=False, truncate_after_bytes=None, expire=False)`), each consumed by the next `times`
-requests of `operation` (after routing and authentication), kinds combined in this order:
+reset=False, truncate_after_bytes=None, trickle_seconds=None, echo_credentials=False, expire=False)`),
+each consumed by the next `times` requests of `operation` (after routing and authentication), kinds
+combined in this order:
 
 - `delay_seconds`: hold the request that long before answering (beyond a client's timeout, the
   client gives up; the emulator still does the work afterwards, as a real server would);
@@ -15,7 +16,12 @@ requests of `operation` (after routing and authentication), kinds combined in th
 - `status` (+ `retry_after`): answer the vendor's error envelope for that status; without a status
   the request is handled normally;
 - `truncate_after_bytes`: send only that many bytes of the body (chunked, no Content-Length), then
-  close the connection (the client sees an incomplete body even when the whole body was shorter).
+  close the connection (the client sees an incomplete body even when the whole body was shorter);
+- `trickle_seconds`: send the answer's body one byte at a time, that long apart (every read of a
+  client gets a byte in time: only a deadline on the whole exchange ends it);
+- `echo_credentials` (with a status): every string of the error answer, its type and its reason
+  alike, quotes the credentials the request carried (its Authorization header, the pair inside a
+  Basic one, a login form's fields), as a careless or hostile upstream might.
 
 `when` (in process only) is a predicate on the werkzeug Request: only requests it accepts get the
 fault, e.g. ES|QL's Fetch GET (no `wait_for_completion_timeout`) and not its polls.
@@ -26,6 +32,8 @@ Over HTTP: `POST /_emulator/faults` with a JSON object of the same names (`arm_f
 from __future__ import annotations
 
 import abc
+import base64
+import contextlib
 import json
 import logging
 import socket
@@ -68,6 +76,8 @@ class InjectedFault:
     delay_seconds: float | None = None
     reset: bool = False
     truncate_after_bytes: int | None = None
+    trickle_seconds: float | None = None
+    echo_credentials: bool = False
     expire: bool = False
     #: Only requests it accepts get the fault (in process only; e.g. a GET without a long-poll).
     when: Callable[[Request], bool] | None = field(default=None, compare=False)
@@ -83,9 +93,16 @@ class InjectedFault:
             raise ValueError(f"truncate_after_bytes must be at least 0, got {self.truncate_after_bytes}")
         if self.reset and (self.status is not None or self.truncate_after_bytes is not None):
             raise ValueError("a reset answers nothing: it takes no status and no truncate_after_bytes")
-        kinds = (self.status, self.delay_seconds, self.truncate_after_bytes)
+        if self.echo_credentials and self.status is None:
+            raise ValueError("echo_credentials goes with a status (it is said in the error answer)")
+        if self.trickle_seconds is not None and not self.trickle_seconds > 0:
+            raise ValueError(f"trickle_seconds must be more than 0, got {self.trickle_seconds}")
+        if self.trickle_seconds is not None and (self.reset or self.truncate_after_bytes is not None):
+            raise ValueError("a trickled answer is whole: it takes no reset and no truncate_after_bytes")
+        kinds = (self.status, self.delay_seconds, self.truncate_after_bytes, self.trickle_seconds)
         if all(kind is None for kind in kinds) and not (self.reset or self.expire):
-            raise ValueError("a fault needs a status, delay_seconds, reset, truncate_after_bytes or expire")
+            needs = "a status, delay_seconds, reset, truncate_after_bytes, trickle_seconds or expire"
+            raise ValueError(f"a fault needs {needs}")
 
     def describe(self) -> dict[str, Any]:
         """operation, status and retry_after always; the other kinds only when set."""
@@ -94,10 +111,10 @@ class InjectedFault:
             "status": self.status,
             "retry_after": self.retry_after,
         }
-        for name in ("delay_seconds", "truncate_after_bytes"):
+        for name in ("delay_seconds", "truncate_after_bytes", "trickle_seconds"):
             if getattr(self, name) is not None:
                 described[name] = getattr(self, name)
-        for name in ("reset", "expire"):
+        for name in ("reset", "echo_credentials", "expire"):
             if getattr(self, name):
                 described[name] = True
         if self.when is not None:
@@ -126,6 +143,8 @@ class FaultQueue:
         delay_seconds: float | None = None,
         reset: bool = False,
         truncate_after_bytes: int | None = None,
+        trickle_seconds: float | None = None,
+        echo_credentials: bool = False,
         expire: bool = False,
         when: Callable[[Request], bool] | None = None,
     ) -> None:
@@ -140,6 +159,8 @@ class FaultQueue:
             delay_seconds=delay_seconds,
             reset=reset,
             truncate_after_bytes=truncate_after_bytes,
+            trickle_seconds=trickle_seconds,
+            echo_credentials=echo_credentials,
             expire=expire,
             when=when,
         )
@@ -163,6 +184,8 @@ class FaultQueue:
             delay_seconds=number("delay_seconds", float),
             reset=bool(spec.get("reset", False)),
             truncate_after_bytes=number("truncate_after_bytes", int),
+            trickle_seconds=number("trickle_seconds", float),
+            echo_credentials=bool(spec.get("echo_credentials", False)),
             expire=bool(spec.get("expire", False)),
         )
 
@@ -284,13 +307,16 @@ class EmulatorServer(abc.ABC):
         delay_seconds: float | None = None,
         reset: bool = False,
         truncate_after_bytes: int | None = None,
+        trickle_seconds: float | None = None,
+        echo_credentials: bool = False,
         expire: bool = False,
         when: Callable[[Request], bool] | None = None,
     ) -> None:
         """Give the next `times` requests of `operation` a fault (see the module doc for the kinds):
         `fail_next("get", 503)` answers an error; `fail_next("get", reset=True)` drops the
         connection; `fail_next("get", delay_seconds=3)` answers late; `fail_next("get",
-        truncate_after_bytes=4096)` cuts the body; `fail_next("get", expire=True)` expires the
+        truncate_after_bytes=4096)` cuts the body; `fail_next("get", trickle_seconds=2)` sends it a
+        byte every 2 s; `fail_next("get", expire=True)` expires the
         task. `when` (a predicate on the request) narrows which requests of `operation` get it."""
         self.faults.arm(
             operation,
@@ -300,6 +326,8 @@ class EmulatorServer(abc.ABC):
             delay_seconds=delay_seconds,
             reset=reset,
             truncate_after_bytes=truncate_after_bytes,
+            trickle_seconds=trickle_seconds,
+            echo_credentials=echo_credentials,
             expire=expire,
             when=when,
         )
@@ -315,11 +343,13 @@ class EmulatorServer(abc.ABC):
         (the vendor's error answer for `fault.status`). Subclasses handle `expire` before calling."""
         if fault.delay_seconds:
             time.sleep(fault.delay_seconds)
-        if fault.reset or fault.truncate_after_bytes is not None:
+        if fault.reset or fault.truncate_after_bytes is not None or fault.trickle_seconds is not None:
             request.environ[_FAULT_ENVIRON_KEY] = fault  # acted on by _wsgi_app
         if fault.reset:
             return Response(status=500)  # never sent: the connection is dropped instead
-        return error(fault) if fault.status is not None else answer()
+        if fault.status is None:
+            return answer()
+        return _echoing(error(fault), request) if fault.echo_credentials else error(fault)
 
     def clear_requests(self) -> None:
         with self._requests_lock:
@@ -345,6 +375,8 @@ class EmulatorServer(abc.ABC):
             raise ConnectionResetError("emulated fault: connection reset before the answer")
         if fault is not None and fault.truncate_after_bytes is not None:
             return _truncated(response(environ, _without_content_length(start_response)), fault, environ)
+        if fault is not None and fault.trickle_seconds is not None:
+            return _trickled(response(environ, start_response), fault.trickle_seconds)
         return response(environ, start_response)
 
 
@@ -370,6 +402,48 @@ def _without_content_length(start_response: StartResponse) -> StartResponse:
         return start_response(status, kept, exc_info)
 
     return start
+
+
+def _echoing(response: Response, request: Request) -> Response:
+    """``response`` with every string of its JSON body followed by the request's credentials."""
+    authorization = request.headers.get("Authorization", "")
+    _, _, credential = authorization.partition(" ")
+    said = [authorization, *request.form.values()]
+    if authorization.startswith("Basic "):
+        with contextlib.suppress(ValueError):
+            said.append(base64.b64decode(credential).decode())
+    echo = " ".join(part for part in said if part)
+
+    def echoed(value: Any) -> Any:
+        if isinstance(value, str):
+            return f"{value} [{echo}]"
+        if isinstance(value, list):
+            return [echoed(item) for item in value]
+        if isinstance(value, dict):
+            return {key: echoed(item) for key, item in value.items()}
+        return value
+
+    try:
+        body = json.loads(response.get_data())
+    except ValueError:
+        body = {"error": ""}
+    response.set_data(json.dumps(echoed(body)))
+    response.content_type = "application/json"
+    return response
+
+
+def _trickled(body: Iterable[bytes], seconds: float) -> Iterator[bytes]:
+    """The body a byte at a time, ``seconds`` apart (until the client gives up: the server's next
+    write fails and werkzeug ends the request)."""
+    try:
+        for chunk in body:
+            for offset in range(len(chunk)):
+                yield chunk[offset : offset + 1]
+                time.sleep(seconds)
+    finally:
+        close = getattr(body, "close", None)
+        if callable(close):
+            close()
 
 
 def _truncated(body: Iterable[bytes], fault: InjectedFault, environ: WSGIEnvironment) -> Iterator[bytes]:

@@ -261,7 +261,8 @@ class Provider(abc.ABC, Generic[Q, S]):
     def _scrubbed_result(self, result: FetchedResult) -> FetchedResult:
         """The result, its rows or bytes read under ``_scrubbing`` (they are read after fetch returns)."""
         if isinstance(result, TabularResult):
-            return dataclasses.replace(result, rows=self._scrubbed_items(result.rows))
+            rows = _of_width(result.rows, len(result.columns), self.http.where("result"))
+            return dataclasses.replace(result, rows=self._scrubbed_items(rows))
         return dataclasses.replace(result, chunks=self._scrubbed_items(result.chunks))
 
     def _scrubbed_items(self, items: Iterator[T]) -> Iterator[T]:
@@ -298,3 +299,12 @@ class Provider(abc.ABC, Generic[Q, S]):
 
     def _release(self, upstream_id: str, state: S) -> None:
         """Default: keep the result until the upstream expires it."""
+
+
+def _of_width(rows: Iterator[Sequence[Any]], width: int, where: Where) -> Iterator[Sequence[Any]]:
+    """The rows, each checked to hold one value per column: a row narrower or wider than the
+    columns the upstream announced is a broken answer, not data to land."""
+    for number, row in enumerate(rows, 1):
+        if len(row) != width:
+            raise where.protocol_error(f"row {number} has {len(row)} values for {width} columns")
+        yield row

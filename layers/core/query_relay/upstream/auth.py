@@ -153,14 +153,15 @@ class TokenAuth(httpx.Auth):
         return cached
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401:
-            self._cache.drop(self._key, token)
-            logger.info("the upstream refused the access token; logging in again")
-            request.headers["Authorization"] = f"Bearer {self.token()}"
-            yield request
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        yield request
+
+    def refused(self, request: httpx.Request) -> None:
+        """The upstream answered ``request`` 401: the token it carried is dropped, so that the next
+        request logs in again. (``UpstreamClient.stream`` sends that one retry itself: an
+        ``httpx.Auth`` flow would have httpx read the 401's body whole, however large.)"""
+        self._cache.drop(self._key, request.headers.get("Authorization", "").removeprefix("Bearer "))
+        logger.info("the upstream refused the access token; logging in again")
 
     def secrets(self) -> list[str]:
         return list(self._handed_out)

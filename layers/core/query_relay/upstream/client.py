@@ -19,6 +19,7 @@ import httpx
 from query_relay import __version__
 from query_relay.models import Connection
 from query_relay.observability import logger
+from query_relay.upstream import deadline
 from query_relay.upstream.address import (
     AddressCheckingTransport,
     Resolver,
@@ -26,7 +27,7 @@ from query_relay.upstream.address import (
     check_base_url_scheme,
     upstream_address_policy,
 )
-from query_relay.upstream.auth import Secrets, static_auth
+from query_relay.upstream.auth import Secrets, TokenAuth, static_auth
 from query_relay.upstream.errors import Where
 
 USER_AGENT = f"query-relay/{__version__}"
@@ -48,19 +49,21 @@ def build_client(
     connection_name: str = "(unnamed)",
     policy: UpstreamAddressPolicy | None = None,
     resolver: Resolver | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """An ``httpx.Client`` for the connection: base URL, timeouts, TLS verification, our
     User-Agent and the credentials (``auth``, by default the connection's static ones).
 
     Under the public address policy (AWS) the base URL must be https and every request goes
     through ``AddressCheckingTransport`` (query_relay.upstream.address). ``policy`` defaults to
-    the environment's; ``resolver`` is for tests (default: ``socket.getaddrinfo``)."""
+    the environment's; ``resolver`` (default: ``socket.getaddrinfo``) and ``transport`` (default:
+    httpx's, with whole-exchange deadlines) are for tests."""
     policy = policy or upstream_address_policy()
     check_base_url_scheme(connection, connection_name, policy)
-    transport: httpx.BaseTransport | None = None
+    transport = transport or deadline.transport(connection.verify_tls)
     if not policy.allow_local:
         transport = AddressCheckingTransport(
-            httpx.HTTPTransport(verify=connection.verify_tls),
+            transport,
             connection_name=connection_name,
             allow_private_network=connection.allow_private_network,
             resolver=resolver or socket.getaddrinfo,
@@ -87,13 +90,17 @@ class UpstreamClient:
         *,
         headers: Mapping[str, str] | None = JSON_HEADERS,
         auth: httpx.Auth | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.upstream = upstream
         self.connection_name = connection_name
         self.connection = connection
         auth = auth if auth is not None else static_auth(connection)
+        self.auth = auth
         self.secrets = Secrets(connection, auth)
-        self.client = build_client(connection, headers=headers, auth=auth, connection_name=connection_name)
+        self.client = build_client(
+            connection, headers=headers, auth=auth, connection_name=connection_name, transport=transport
+        )
 
     def where(self, operation: str) -> Where:
         return Where(self.upstream, self.connection_name, operation)
@@ -107,25 +114,49 @@ class UpstreamClient:
         where: Where,
         read_allowance_seconds: float = 0.0,
         task_id: str | None = None,
+        result: bool = False,
         **request: Any,
     ) -> Iterator[httpx.Response]:
         """Send a request and yield the response with its body still unread. Transport failures,
         while connecting or while the caller reads the body inside the block, become
-        UpstreamUnavailable. ``request`` goes to httpx (``auth=None`` sends no credentials)."""
-        started = time.monotonic()
+        UpstreamUnavailable. ``request`` goes to httpx (``auth=None`` sends no credentials).
+
+        The whole exchange has a deadline (query_relay.upstream.deadline): an answer that may be
+        a ``result`` streams until the invocation's end; any other must be complete within the
+        connection's ``timeout_seconds`` plus ``read_allowance_seconds``, the time the upstream
+        was asked to hold it. A 401 to a request that carried a renewable token is answered by
+        one new login and one retry, whose answer stands."""
         timeout = request_timeout(self.connection, read_allowance_seconds)
-        with where.transport(), self.client.stream(method, url, timeout=timeout, **request) as response:
-            logger.info(
-                "upstream answered",
-                extra={
-                    "connection": self.connection_name,
-                    "operation": where.operation,
-                    "status_code": response.status_code,
-                    "elapsed_ms": round((time.monotonic() - started) * 1000),
-                    **({"upstream_id": task_id} if task_id else {}),
-                },
-            )
-            yield response
+        bound = None if result else self.connection.timeout_seconds + max(read_allowance_seconds, 0.0)
+        for attempt in (1, 2):
+            started = time.monotonic()
+            with (
+                deadline.exchange(bound),
+                where.transport(),
+                self.client.stream(method, url, timeout=timeout, **request) as response,
+            ):
+                logger.info(
+                    "upstream answered",
+                    extra={
+                        "connection": self.connection_name,
+                        "operation": where.operation,
+                        "status_code": response.status_code,
+                        "elapsed_ms": round((time.monotonic() - started) * 1000),
+                        **({"upstream_id": task_id} if task_id else {}),
+                    },
+                )
+                if attempt == 1 and self._renewed(response, request):
+                    continue  # the 401's body is left unread: the connection is closed
+                yield response
+                return
+
+    def _renewed(self, response: httpx.Response, request: dict[str, Any]) -> bool:
+        """Whether ``response`` refused a token that is now dropped (so the request is worth
+        sending again)."""
+        if response.status_code != 401 or "auth" in request or not isinstance(self.auth, TokenAuth):
+            return False
+        self.auth.refused(response.request)
+        return True
 
     def redact(self, text: str) -> str:
         return self.secrets.redact(text)

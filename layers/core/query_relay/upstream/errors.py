@@ -29,6 +29,7 @@ from query_relay.exceptions import (
     UpstreamTaskExpired,
     UpstreamUnavailable,
 )
+from query_relay.upstream import deadline
 
 # Step Functions keeps a failure's cause small; an upstream reason longer than this is cut.
 REASON_LIMIT = 2000
@@ -62,9 +63,9 @@ class Where:
         try:
             yield
         except httpx.TimeoutException as error:
-            raise UpstreamUnavailable(
-                f"{self}: the upstream did not answer in time ({type(error).__name__})"
-            ) from None
+            late = ": the whole exchange's deadline passed" if deadline.expired() else ""
+            kind = type(error).__name__
+            raise UpstreamUnavailable(f"{self}: the upstream did not answer in time ({kind}{late})") from None
         except httpx.TransportError as error:
             raise UpstreamUnavailable(
                 f"{self}: could not reach the upstream ({type(error).__name__}{_errno_hint(error)})"

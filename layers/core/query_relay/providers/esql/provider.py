@@ -53,7 +53,12 @@ class EsqlProvider(base.Provider[EsqlQuery, EsqlState]):
             "keep_on_completion": False,
         }
         state = EsqlState(allow_partial=bool(query.allow_partial_results))
-        request: dict[str, Any] = {"json": body, "read_allowance_seconds": options.wait_seconds}
+        # A query finished within the wait answers with its result (the fast path): it streams.
+        request: dict[str, Any] = {
+            "json": body,
+            "read_allowance_seconds": options.wait_seconds,
+            "result": True,
+        }
         if query.allow_partial_results:
             request["params"] = {"allow_partial_results": "true"}
         with self._request("POST", "/_query/async", where, **request) as response:
@@ -97,7 +102,7 @@ class EsqlProvider(base.Provider[EsqlQuery, EsqlState]):
         self, upstream_id: str, state: EsqlState, output_format: OutputFormat
     ) -> Iterator[base.FetchedResult]:
         where = self.http.where("esql fetch")
-        with self._open_task(upstream_id, where) as response:
+        with self._open_task(upstream_id, where, result=True) as response:
             if answer.header_is_running(response.headers):
                 raise where.protocol_error(f"task {upstream_id!r} is still running")
             streamed = self._answer(response, where, keep_rows=output_format != "native")

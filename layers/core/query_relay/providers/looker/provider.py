@@ -212,7 +212,7 @@ class LookerProvider(base.Provider[LookerQuery, LookerState]):
         after short pauses, then give the state machine the retry (UpstreamUnavailable)."""
         path, status = self._results_path(task_id), 0
         for attempt in attempts(RESULTS_NOT_READY_PAUSES):
-            with self._request("GET", path, where, task_id=task_id) as response:
+            with self._request("GET", path, where, task_id=task_id, result=True) as response:
                 status = response.status_code
                 if status not in (202, 204):
                     yield response

@@ -171,7 +171,8 @@ class VezaProvider(base.Provider[VezaQuery, VezaState]):
         self, spec: dict[str, Any], token: str, number: int, *, keep_nodes: bool
     ) -> Iterator[Answer]:
         where = self.http.where(f"veza fetch (page {number})")
-        with self._create_task({**spec, "page_token": token}, where, keep_nodes=keep_nodes) as streamed:
+        page = {**spec, "page_token": token}
+        with self._create_task(page, where, keep_nodes=keep_nodes, result=True) as streamed:
             task_id = answer.task_id(streamed.reader)
             if self._succeeded(streamed.reader, task_id):
                 streamed.read_until(answer.knows_kind)
@@ -187,16 +188,20 @@ class VezaProvider(base.Provider[VezaQuery, VezaState]):
 
     @contextmanager
     def _create_task(
-        self, spec: dict[str, Any], where: Where, *, keep_nodes: bool = False
+        self, spec: dict[str, Any], where: Where, *, keep_nodes: bool = False, result: bool = False
     ) -> Iterator[Answer]:
-        """POST the spec; yields the answer with its outcome read."""
-        with self._request("POST", answer.SUBMIT_PATH, where, json=spec) as response:
+        """POST the spec; yields the answer with its outcome read (``result``: it may be a page
+        to read whole, see UpstreamClient.stream)."""
+        with self._request("POST", answer.SUBMIT_PATH, where, json=spec, result=result) as response:
             yield self._answer(response, where, keep_nodes)
 
     @contextmanager
-    def _open_task(self, task_id: str, where: Where, *, keep_nodes: bool = False) -> Iterator[Answer]:
-        """GET the task; yields the answer with its outcome read."""
-        with self._request("GET", answer.task_path(task_id), where, task_id=task_id) as response:
+    def _open_task(
+        self, task_id: str, where: Where, *, keep_nodes: bool = False, result: bool = False
+    ) -> Iterator[Answer]:
+        """GET the task; yields the answer with its outcome read (``result``: as ``_create_task``)."""
+        path = answer.task_path(task_id)
+        with self._request("GET", path, where, task_id=task_id, result=result) as response:
             yield self._answer(response, where, keep_nodes)
 
     def _pauses(self) -> Iterator[float]:
@@ -211,7 +216,9 @@ class VezaProvider(base.Provider[VezaQuery, VezaState]):
                 # Only the opening is guarded: a rate limit raised while the caller reads the page
                 # (asking for the next one) must not be taken for this task's.
                 try:
-                    streamed = opened.enter_context(self._open_task(task_id, where, keep_nodes=keep_nodes))
+                    streamed = opened.enter_context(
+                        self._open_task(task_id, where, keep_nodes=keep_nodes, result=True)
+                    )
                 except UpstreamRateLimited as error:
                     attempt.at_least(error.retry_after_seconds)
                     continue
