@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ def _none_counted() -> int:
 
 def _whole() -> bool:
     return False
+
+
+# Rows are checked against their columns this many at a time (see _of_width).
+_WIDTH_CHECK_ROWS = 1024
 
 
 @dataclass
@@ -303,8 +308,12 @@ class Provider(abc.ABC, Generic[Q, S]):
 
 def _of_width(rows: Iterator[Sequence[Any]], width: int, where: Where) -> Iterator[Sequence[Any]]:
     """The rows, each checked to hold one value per column: a row narrower or wider than the
-    columns the upstream announced is a broken answer, not data to land."""
-    for number, row in enumerate(rows, 1):
-        if len(row) != width:
-            raise where.protocol_error(f"row {number} has {len(row)} values for {width} columns")
-        yield row
+    columns the upstream announced is a broken answer, not data to land. (Checked a block at a
+    time, by C code: a Python step per row would cost a tenth of Fetch's time.)"""
+    read = 0
+    while block := list(itertools.islice(rows, _WIDTH_CHECK_ROWS)):
+        if set(map(len, block)) != {width}:
+            number, wrong = next((n, len(row)) for n, row in enumerate(block, read + 1) if len(row) != width)
+            raise where.protocol_error(f"row {number} has {wrong} values for {width} columns")
+        read += len(block)
+        yield from block
