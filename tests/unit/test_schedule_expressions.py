@@ -37,6 +37,9 @@ def test_eventbridge_scheduler_expressions_are_accepted(expression: str) -> None
         ("rate(0 minutes)", "must be cron"),
         ("every day at two", "must be cron"),
         ("at(2026-12-24 18:00)", "must be cron"),
+        ("at(2026-02-30T12:00:00)", "exist"),
+        ("at(2026-12-24T25:00:00)", "exist"),
+        ("at(2026-12-24T18:61:00)", "exist"),
     ],
 )
 def test_invalid_expressions_are_refused_naming_the_field(expression: str, reason: str) -> None:
@@ -52,3 +55,31 @@ def test_time_zones_are_iana_names() -> None:
     with pytest.raises(InvalidSchedule) as raised:
         validate_timezone("Mars/Olympus_Mons")
     assert raised.value.field == "timezone"
+
+
+@pytest.mark.parametrize("name", ["localtime", "posixrules", "Factory", "posix/Europe/Paris", "right/UTC"])
+def test_time_zone_files_that_are_no_iana_zone_are_refused(name: str) -> None:
+    with pytest.raises(InvalidSchedule) as raised:
+        validate_timezone(name)
+    assert raised.value.field == "timezone"
+
+
+@pytest.mark.parametrize(
+    ("expression", "timezone"),
+    [
+        ("cron(0 2 * * ? s3cr3t-value)", "UTC"),
+        ("cron(0 2 77777 * ? *)", "UTC"),
+        ("cron(s3cr3t-value)", "UTC"),
+        ("rate(1 s3cr3t-value)", "UTC"),
+        ("at(2026-12-24T18:00:00)", "s3cr3t-value"),
+    ],
+)
+def test_a_refusal_never_repeats_the_rejected_value(expression: str, timezone: str) -> None:
+    def check() -> None:
+        validate_expression(expression)
+        validate_timezone(timezone)
+
+    with pytest.raises(InvalidSchedule) as raised:
+        check()
+    assert "s3cr3t-value" not in str(raised.value)
+    assert "77777" not in str(raised.value)

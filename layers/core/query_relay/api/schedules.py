@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import zoneinfo
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -60,6 +61,10 @@ _CRON_VALUE = re.compile(r"(?<![/#])\b\d+\b")
 def validate_expression(expression: str) -> None:
     """cron(...), rate(...) or at(...), as EventBridge Scheduler takes them; InvalidSchedule if not."""
     if _AT.fullmatch(expression):
+        try:
+            datetime.strptime(expression[3:-1], "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            raise InvalidSchedule("expression", "at(...) must hold a date and time that exist") from None
         return
     rate = _RATE.fullmatch(expression)
     if rate:
@@ -77,25 +82,35 @@ def validate_expression(expression: str) -> None:
         raise InvalidSchedule("expression", f"cron takes 6 fields, got {len(fields)}")
     for value, (name, allowed) in zip(fields, _CRON_FIELDS, strict=True):
         if not re.fullmatch(allowed, value):
-            raise InvalidSchedule("expression", f"cron {name} field {value!r} is not valid")
+            raise InvalidSchedule("expression", f"cron's {name} field holds characters it may not")
     for value, (name, _), (low, high) in zip(fields, _CRON_FIELDS, _CRON_RANGES, strict=True):
         out_of_range = [number for number in _CRON_VALUE.findall(value) if not low <= int(number) <= high]
         if out_of_range:
-            raise InvalidSchedule("expression", f"cron {name} must be {low}-{high}, not {out_of_range[0]}")
+            raise InvalidSchedule("expression", f"cron's {name} values must be {low}-{high}")
     if "?" not in (fields[2], fields[4]):
         raise InvalidSchedule("expression", "cron needs '?' in day-of-month or day-of-week")
 
 
+# In the system's time zone files, but no zone of the IANA database: the host's own zone, a
+# placeholder, a rules file; and the copies under posix/ and right/.
+_NOT_ZONES = frozenset(("localtime", "posixrules", "Factory"))
+
+
 @cache
 def _known_time_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(
+        name
+        for name in zoneinfo.available_timezones()
+        if name not in _NOT_ZONES and not name.startswith(("posix/", "right/"))
+    )
 
 
 def validate_timezone(name: str) -> None:
+    """An IANA time zone name, as Scheduler takes them; the message never repeats the value."""
     known = _known_time_zones()
     # Without a time zone database here, Scheduler's own check (ValidationException) decides.
-    if known and name not in known and name != "UTC":
-        raise InvalidSchedule("timezone", f"{name!r} is not an IANA time zone name (e.g. Europe/Paris)")
+    if name in _NOT_ZONES or (known and name not in known and name != "UTC"):
+        raise InvalidSchedule("timezone", "must be an IANA time zone name (e.g. Europe/Paris)")
 
 
 def schedule_input(request: ScheduleRequest) -> dict[str, Any]:
