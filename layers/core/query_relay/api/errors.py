@@ -10,7 +10,10 @@ from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 
 from query_relay.api.exceptions import (
     InvalidPageToken,
@@ -56,6 +59,22 @@ def domain_error_response(error: QueryRelayError) -> Response[str]:
     log = logger.error if status >= HTTPStatus.INTERNAL_SERVER_ERROR else logger.info
     log("request refused", extra={"error": type(error).__name__, "status": int(status)})
     return _answer(status, ErrorBody(error=type(error).__name__, message=error.message, fields=fields))
+
+
+NO_ROUTE = "no route takes this method and path (see GET /openapi.json)"
+
+
+def route_not_found_response(_: Exception) -> Response[str]:
+    """404 for a path, or a method on it, that no route takes (API Gateway answers those itself
+    in AWS, in the same shape: template.yaml's GatewayResponses)."""
+    return _answer(HTTPStatus.NOT_FOUND, ErrorBody(error="RouteNotFound", message=NO_ROUTE, fields=[]))
+
+
+def unsupported_media_type_response(_: RequestUnsupportedContentType) -> Response[str]:
+    message = "the body must be JSON (Content-Type: application/json)"
+    problem = FieldProblem(field="Content-Type", message=message)
+    body = ErrorBody(error="UnsupportedMediaType", message=message, fields=[problem])
+    return _answer(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, body)
 
 
 def validation_error_response(error: RequestValidationError) -> Response[str]:

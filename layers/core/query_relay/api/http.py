@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from query_relay.api import errors
@@ -28,7 +32,9 @@ MAX_BODY_BYTES = 256 * 1024
 
 def configure(app: APIGatewayRestResolver) -> APIGatewayRestResolver:
     app.exception_handler(QueryRelayError)(errors.domain_error_response)
+    app.exception_handler(RequestUnsupportedContentType)(errors.unsupported_media_type_response)
     app.exception_handler(RequestValidationError)(errors.validation_error_response)
+    app.not_found(errors.route_not_found_response)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_document() -> Response[str]:
@@ -52,12 +58,26 @@ def lambda_handler_of(
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-        refused = oversize_body_response(event) or too_deep_body_response(event)
-        if refused is not None:
-            return refused
+        for refusal in (unroutable_path_response, oversize_body_response, too_deep_body_response):
+            refused = refusal(event)
+            if refused is not None:
+                return refused
         return app.resolve(event, context)
 
     return lambda_handler
+
+
+# A control character in a decoded path: Powertools' route patterns end in "$", which lets a
+# trailing newline through ("/queries/abc\n" would answer for job "abc").
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unroutable_path_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """404 RouteNotFound for a path holding a control character (None otherwise): no route,
+    and no path parameter, may hold one."""
+    if not _CONTROL.search(str(event.get("path") or "")):
+        return None
+    return _refusal(HTTPStatus.NOT_FOUND, "RouteNotFound", errors.NO_ROUTE, field="path")
 
 
 def body_size(event: Mapping[str, Any]) -> int:
@@ -99,9 +119,9 @@ def oversize_body_response(event: Mapping[str, Any]) -> dict[str, Any] | None:
     return _refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestTooLarge", message)
 
 
-def _refusal(status: HTTPStatus, error: str, message: str) -> dict[str, Any]:
-    """An answer in our ErrorBody shape naming the body, given before the app sees the request."""
-    body = ErrorBody(error=error, message=message, fields=[FieldProblem(field="body", message=message)])
+def _refusal(status: HTTPStatus, error: str, message: str, field: str = "body") -> dict[str, Any]:
+    """An answer in our ErrorBody shape naming ``field``, given before the app sees the request."""
+    body = ErrorBody(error=error, message=message, fields=[FieldProblem(field=field, message=message)])
     logger.info("request refused", extra={"error": error, "status": int(status)})
     return {
         "statusCode": int(status),
