@@ -222,3 +222,14 @@ def test_a_path_parameter_is_never_cut_short_at_a_newline(api: httpx.Client, pat
     # schedule) named without it must not answer
     response = api.get(path)
     assert (response.status_code, response.json()["error"]) == (404, "RouteNotFound")
+
+
+def test_a_form_body_is_415_and_never_repeated(api: httpx.Client, stack: LocalStack) -> None:
+    # curl -d sends a form: Powertools reads its text as one field name, which a 400 would list
+    form = '{"connection": "sk-live-form-marker", "query": {}}'
+    response = api.post(
+        "/queries", content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert (response.status_code, response.json()["error"]) == (415, "UnsupportedMediaType")
+    assert "sk-live-form-marker" not in response.text
+    assert started_executions(stack) == 0

@@ -38,6 +38,8 @@ def test_eventbridge_scheduler_expressions_are_accepted(expression: str) -> None
         ("every day at two", "must be cron"),
         ("at(2026-12-24 18:00)", "must be cron"),
         ("at(2026-02-30T12:00:00)", "exist"),
+        ("rate(1\u0660 minutes)", "ASCII"),  # an Arabic-Indic zero: a digit to \d
+        ("cron(0\u00a02 * * ? *)", "ASCII"),  # a no-break space: a space to split()
         ("at(2026-12-24T25:00:00)", "exist"),
         ("at(2026-12-24T18:61:00)", "exist"),
     ],

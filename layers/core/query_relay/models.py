@@ -7,6 +7,7 @@ being silently ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -187,15 +188,31 @@ class Manifest(StrictModel):
 # --- validation helpers that turn pydantic errors into our named errors --------------------------
 
 
+def problem_message(problem: Mapping[str, Any]) -> str:
+    """Pydantic's message for one problem, unless it quotes the rejected value (an unknown
+    ``auth.type`` is quoted whole, and may be a secret pasted in the wrong field): then the rule
+    alone, from the problem's type and context."""
+    message = str(problem.get("msg", "invalid"))
+    context = problem.get("ctx") or {}
+    if problem.get("type") == "union_tag_invalid" and "expected_tags" in context:
+        return f"must be one of {context['expected_tags']}"
+    rejected = problem.get("input")
+    said = rejected.values() if isinstance(rejected, dict) else [rejected]
+    quoted = (str(value) for value in said if isinstance(value, str | int | float) and str(value))
+    if any(value in message for value in quoted):
+        return f"is not allowed here ({problem.get('type', 'invalid')})"
+    return message
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the field path: 'output.format: Input should be ...'.
     At most ``MAX_PROBLEMS_DESCRIBED``: a spec with thousands of unknown fields must not make an
     error message (which travels in the execution's state) thousands of lines long."""
-    problems = error.errors(include_url=False, include_input=False)
+    problems = error.errors(include_url=False)
     lines = []
     for problem in problems[:MAX_PROBLEMS_DESCRIBED]:
         location = prefix + ".".join(str(part) for part in problem["loc"]) or "(root)"
-        lines.append(f"{location}: {problem['msg']}")
+        lines.append(f"{location}: {problem_message(problem)}")
     if len(problems) > MAX_PROBLEMS_DESCRIBED:
         lines.append(f"and {len(problems) - MAX_PROBLEMS_DESCRIBED} more problems")
     return "; ".join(lines)

@@ -26,6 +26,7 @@ from query_relay.api.exceptions import (
 )
 from query_relay.api.models import ErrorBody, FieldProblem
 from query_relay.exceptions import ConnectionNotFound, InvalidConnection, InvalidJobSpec, QueryRelayError
+from query_relay.models import problem_message
 from query_relay.observability import logger
 
 STATUS_OF: Mapping[type[QueryRelayError], HTTPStatus] = {
@@ -70,7 +71,9 @@ def route_not_found_response(_: Exception) -> Response[str]:
     return _answer(HTTPStatus.NOT_FOUND, ErrorBody(error="RouteNotFound", message=NO_ROUTE, fields=[]))
 
 
-def unsupported_media_type_response(_: RequestUnsupportedContentType) -> Response[str]:
+def unsupported_media_type_response(
+    _: RequestUnsupportedContentType | RequestValidationError,
+) -> Response[str]:
     message = "the body must be JSON (Content-Type: application/json)"
     problem = FieldProblem(field="Content-Type", message=message)
     body = ErrorBody(error="UnsupportedMediaType", message=message, fields=[problem])
@@ -91,7 +94,7 @@ def _problem(raw: Mapping[str, Any]) -> FieldProblem:
         return FieldProblem(field="body", message=f"not valid JSON ({raw.get('ctx', {}).get('error', '')})")
     # ("body", "output", "format") -> "output.format"; ("query", "limit") -> "limit"
     parts = [str(part) for part in location[1:]] if len(location) > 1 else [str(p) for p in location]
-    return FieldProblem(field=".".join(parts) or "body", message=str(raw.get("msg", "invalid")))
+    return FieldProblem(field=".".join(parts) or "body", message=problem_message(raw))
 
 
 def _field_problems(message: str) -> list[FieldProblem]:

@@ -33,7 +33,15 @@ MAX_BODY_BYTES = 256 * 1024
 def configure(app: APIGatewayRestResolver) -> APIGatewayRestResolver:
     app.exception_handler(QueryRelayError)(errors.domain_error_response)
     app.exception_handler(RequestUnsupportedContentType)(errors.unsupported_media_type_response)
-    app.exception_handler(RequestValidationError)(errors.validation_error_response)
+
+    def invalid_request(error: RequestValidationError) -> Response[str]:
+        # Powertools reads a form body as fields: every name it holds would come back as unknown.
+        content_type = app.current_event.headers.get("content-type") or "application/json"
+        if not content_type.lower().startswith("application/json"):
+            return errors.unsupported_media_type_response(error)
+        return errors.validation_error_response(error)
+
+    app.exception_handler(RequestValidationError)(invalid_request)
     app.not_found(errors.route_not_found_response)
 
     @app.get("/openapi.json", include_in_schema=False)

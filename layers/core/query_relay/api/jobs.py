@@ -233,7 +233,7 @@ def _downloads(bucket: str, manifest_key: str, manifest: Manifest) -> Downloads:
 
 def _describe(job_id: str) -> DescribeExecutionOutputTypeDef:
     if not re.fullmatch(JOB_ID_PATTERN, job_id):
-        raise JobNotFound(f"no job {job_id!r}: job ids match {JOB_ID_PATTERN}")
+        raise JobNotFound(f"no such job: job ids match {JOB_ID_PATTERN}")
     client = aws.sfn()
     try:
         return client.describe_execution(executionArn=execution_arn(job_id))

@@ -60,6 +60,8 @@ _CRON_VALUE = re.compile(r"(?<![/#])\b\d+\b")
 
 def validate_expression(expression: str) -> None:
     """cron(...), rate(...) or at(...), as EventBridge Scheduler takes them; InvalidSchedule if not."""
+    if not expression.isascii():  # a digit or a space of another script reads as one to \d and split()
+        raise InvalidSchedule("expression", "must be ASCII text")
     if _AT.fullmatch(expression):
         try:
             datetime.strptime(expression[3:-1], "%Y-%m-%dT%H:%M:%S")
@@ -232,4 +234,4 @@ def _check_name(name: str) -> None:
     """A name no schedule of ours can have is not found, without asking Scheduler (which would
     answer ValidationException for one outside its own pattern)."""
     if not re.fullmatch(SCHEDULE_NAME_PATTERN, name):
-        raise ScheduleNotFound(f"no schedule {name!r}: schedule names match {SCHEDULE_NAME_PATTERN}")
+        raise ScheduleNotFound(f"no such schedule: schedule names match {SCHEDULE_NAME_PATTERN}")
