@@ -103,3 +103,16 @@ def test_the_sample_schedule_is_off_by_default_and_names_its_runs_like_the_api(
     assert document["scheduled_time"] == "<aws.scheduler.scheduled-time>"
     assert document["schedule"] == schedule["Properties"]["Name"]
     assert "job_id" not in document["spec"]
+
+
+@pytest.mark.parametrize("response_type", ["DEFAULT_4XX", "DEFAULT_5XX"])
+def test_api_gateways_own_errors_come_in_the_apis_error_shape(
+    resources: dict[str, Any], response_type: str
+) -> None:
+    response = resources["QueryApi"]["Properties"]["GatewayResponses"][response_type]
+    template = response["ResponseTemplates"]["application/json"]
+    # $context.error.messageString is a quoted JSON string already; fill the others with samples
+    sample = template.replace("$context.error.responseType", "MISSING_AUTHENTICATION_TOKEN").replace(
+        "$context.error.messageString", json.dumps("Missing Authentication Token")
+    )
+    assert set(json.loads(sample)) == {"error", "message", "fields"}
