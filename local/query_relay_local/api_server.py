@@ -2,7 +2,10 @@
 
 A werkzeug server turns each HTTP request into an API Gateway REST proxy event, invokes the
 template's API function in process through the local stack (the same real handler Lambda runs)
-and turns its answer back into HTTP. IAM auth is not checked locally. Presigned links in the
+and turns its answer back into HTTP. As API Gateway does, it answers a method and path the
+template routes nowhere itself (403 ``MISSING_AUTHENTICATION_TOKEN``, in the body the template's
+``GatewayResponses`` give ``DEFAULT_4XX``): the function never sees it. IAM auth is not checked
+locally. Presigned links in the
 answers point at the stack's moto endpoint, so curl and browsers can follow them.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -20,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from query_relay_local.template import decode_template
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -41,9 +47,16 @@ class LocalApiGateway:
     def __init__(self, stack: LocalStack, function_name: str = API_FUNCTION) -> None:
         self.stack = stack
         self.function_name = function_name
+        document = decode_template(stack.template.path)
+        self._routes = api_routes(document, function_name)
+        self._no_route = gateway_response_template(document)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
+        if not any(
+            method == request.method and path.fullmatch(request.path) for method, path in self._routes
+        ):
+            return self._missing_authentication_token()(environ, start_response)
         result = self.stack.invoke(self.function_name, rest_proxy_event(request))
         answer = json.loads(result.payload or b"null")
         if result.function_error or not isinstance(answer, dict) or "statusCode" not in answer:
@@ -55,6 +68,43 @@ class LocalApiGateway:
         else:
             response = proxy_response(answer)
         return response(environ, start_response)
+
+    def _missing_authentication_token(self) -> Response:
+        """API Gateway's answer to a method and path no resource of the API takes."""
+        body = self._no_route.replace("$context.error.responseType", "MISSING_AUTHENTICATION_TOKEN")
+        body = body.replace("$context.error.messageString", json.dumps("Missing Authentication Token"))
+        response = Response(body, 403, content_type="application/json")
+        response.headers["x-amzn-ErrorType"] = "MissingAuthenticationTokenException"
+        return response
+
+
+def api_routes(document: dict[str, Any], function_name: str) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) for each Api event of the function: ``{name}`` takes one segment,
+    ``{name+}`` the rest of the path."""
+    events = (document["Resources"][function_name].get("Properties") or {}).get("Events") or {}
+    routes = []
+    for event in events.values():
+        if event.get("Type") != "Api":
+            continue
+        properties = event["Properties"]
+        pieces = re.split(r"(\{[^}]+\})", str(properties["Path"]))
+        pattern = "".join(
+            (".+" if piece.endswith("+}") else "[^/]+") if piece.startswith("{") else re.escape(piece)
+            for piece in pieces
+        )
+        routes.append((str(properties["Method"]).upper(), re.compile(pattern)))
+    return routes
+
+
+def gateway_response_template(document: dict[str, Any]) -> str:
+    """The body the template's REST API gives API Gateway's own 4xx answers (its default otherwise)."""
+    for resource in document["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Api":
+            responses = (resource.get("Properties") or {}).get("GatewayResponses") or {}
+            templates = (responses.get("DEFAULT_4XX") or {}).get("ResponseTemplates") or {}
+            if "application/json" in templates:
+                return str(templates["application/json"])
+    return '{"message": $context.error.messageString}'
 
 
 def rest_proxy_event(request: Request) -> dict[str, Any]:
