@@ -4,12 +4,17 @@
 Rows are decoded whole by the json module's C scanner, several times faster than an ijson event
 per value, and whole blocks of rows in one scan where the text allows. Only the text from the row
 being decoded on is kept, so memory stays bounded by one row and one chunk.
+
+A row longer than a chunk (one cell of 100 MB) is decoded once, when its end has arrived: until then
+its text is kept in pieces and only the new text is scanned for that end (``ValueEnd``). Decoding it
+again at every chunk would cost time in the square of its size (issue 13: 142 s for 128 MB).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import json.decoder
 import json.scanner
 import math
 import re
@@ -34,12 +39,135 @@ _ROW_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finit
 # The C scanner itself (what raw_decode calls, minus a Python frame per row): (value, end) at an index.
 # (typeshed declares make_scanner's context as make_scanner itself; it takes the decoder.)
 _scan_row: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_ROW_DECODER)  # type: ignore[arg-type]
+# json's C string scanner: (the string, the position after its closing quote) from just after its
+# opening quote. (typeshed does not declare json.decoder's scanstring.)
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 # A row that fails to decode this close to the end of the text read so far may only be cut short.
 _CUT_SHORT_MARGIN = 8
+# Text outside strings as JSON has it, brackets and quotes apart, and NaN and Infinity, which the
+# decoder words as such (\s would let in more than JSON's whitespace). Any other character is an
+# error the decoder is left to word.
+_OUTSIDE_STRINGS = r"[-+.0-9,: \t\n\raefilnrstuyEIN]++"
+# A string of at most 64 characters: longer ones are scanned by json's C scanstring (a character
+# class costs sre some 13 ns a character, scanstring 2).
+_SHORT_STRING = r'"(?:[^"\\]|\\[\s\S]){0,64}+"'
+# Containers nested this deep below the one being read are skipped by one regular expression match.
+_SKIPPED_LEVELS = 4
+
+
+def _skip_pattern(levels: int) -> re.Pattern[str]:
+    """Runs of text that leave the depth of brackets as it was: text outside strings, short strings,
+    and containers of those nested up to ``levels`` deep (the kind of bracket is not matched: the
+    decoder checks). Possessive throughout: a container not closed in the text fails in time linear
+    in what it scanned, never backtracking."""
+    atom = f"{_OUTSIDE_STRINGS}|{_SHORT_STRING}"
+    balanced = atom
+    for _ in range(levels):
+        balanced = rf"{atom}|[\[{{](?:{balanced})*+[\]}}]"
+    return re.compile(f"(?:{balanced})*+")
+
+
+_SKIP = _skip_pattern(_SKIPPED_LEVELS)
+_STRING_BODY = re.compile(r'[^"\\]*+(?:\\[\s\S][^"\\]*+)*+')
 # At most this many chunks are read row by row after a block of rows failed to decode whole.
 _MAX_SKIPPED_BLOCKS = 15
+
+
+class ValueEnd:
+    """Where a JSON value that began in text already read may end, found in one pass over the text
+    however it arrives: the depth of brackets outside strings, back to 0 at the value's end. Runs
+    that leave the depth as it was (numbers, short strings, containers nested a few levels below)
+    are skipped by one regular expression match and long strings by json's C ``scanstring``, so
+    Python code runs only for the brackets of the outermost levels and for long strings.
+
+    It does not check the text: it says only when decoding the value may succeed (``feed`` is
+    True), and whether the value's text is then all there (``whole``: a decoder that still finds the
+    value cut short finds it wrong), which it also is at a character no JSON has outside strings."""
+
+    def __init__(self, text: str, pos: int) -> None:
+        """The value starts at ``text[pos]`` (not whitespace); the text after it is scanned too."""
+        self.whole = False
+        self._depth = 0
+        self._in_string = False
+        self._carry = ""  # an escape cut by the end of the text, to scan again with the next text
+        self._scalar = False  # a number or a literal: any more text may end it
+        first = text[pos : pos + 1]
+        if first in ("[", "{"):
+            self._depth = 1
+        elif first == '"':
+            self._in_string = True
+        else:
+            self._scalar = True
+            return
+        self.feed(text, pos + 1)
+
+    def feed(self, text: str, pos: int = 0) -> bool:
+        """Scan ``text[pos:]``, the next text of the value: True when decoding it may now succeed."""
+        if pos >= len(text):
+            return False
+        if self._scalar:
+            return True
+        if self._carry:
+            text, pos, self._carry = self._carry + text[pos:], 0, ""
+        end, depth = len(text), self._depth
+        while pos < end:
+            if self._in_string:
+                pos = self._string_end(text, pos)
+                if pos < 0:
+                    self._depth = depth
+                    return False
+                self._in_string = False
+                if depth == 0:  # the value was a string
+                    self.whole = True
+                    return True
+                continue
+            match = _SKIP.match(text, pos)
+            pos = match.end() if match is not None else pos
+            if pos >= end:
+                break
+            char = text[pos]
+            pos += 1
+            if char == '"':
+                self._in_string = True
+            elif char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth -= 1
+                if depth == 0:
+                    self.whole = True
+                    return True
+            else:  # no JSON
+                self.whole = True
+                return True
+        self._depth = depth
+        return False
+
+    def _string_end(self, text: str, pos: int) -> int:
+        """Just after the end of the string ``text[pos:]`` is inside, or -1 when it goes on after
+        the text (an escape cut by its end is carried to the next text)."""
+        try:
+            return _scanstring(text, pos, False)[1]
+        except json.JSONDecodeError as error:
+            if not error.msg.startswith("Unterminated"):  # an escape scanstring refuses (or cut short)
+                return self._string_end_slowly(text, pos)
+        backslash = len(text)
+        while backslash > pos and text[backslash - 1] == "\\":
+            backslash -= 1
+        if (len(text) - backslash) % 2:  # the last one escapes what the next text begins with
+            self._carry = "\\"
+        return -1
+
+    def _string_end_slowly(self, text: str, pos: int) -> int:
+        """``_string_end`` by a regular expression, which takes any character after a backslash."""
+        match = _STRING_BODY.match(text, pos)
+        end = match.end() if match is not None else pos
+        if end < len(text) and text[end] == '"':
+            return end + 1
+        if end < len(text):  # a backslash ends the text
+            self._carry = text[end:]
+        return -1
 
 
 class ArrayRows:
@@ -53,9 +181,11 @@ class ArrayRows:
         self._pos = 0
         self._expect_row = True  # after "[" or ",": a row (or, right after "[", the end)
         self._first = True
-        # A row cut short ends with a "]" yet to come: until one arrives, decoding it again is
-        # pointless (a multi-valued field many chunks long would otherwise be decoded per chunk).
-        self._cut_short = False
+        # A row cut short by the end of a chunk: its text so far, in pieces, and where it may end.
+        # It is decoded again only once ValueEnd says it may be whole, so that a row many chunks
+        # long is decoded (and its text joined) once.
+        self._pieces: list[str] = []
+        self._end: ValueEnd | None = None
         # Whole blocks of rows are decoded in one scan (see _read_block); after a block that could
         # not be, the next few chunks go row by row.
         self._block_misses = 0
@@ -66,28 +196,37 @@ class ArrayRows:
     def feed(self, chunk: bytes, rows: list[list[Any]] | None) -> int:
         """Decode the rows completed by ``chunk`` into ``rows`` (counted only, if None); their count."""
         text = self._decoder.decode(chunk)
-        self._text = self._text[self._pos :] + text
-        self._pos = 0
-        if self._cut_short and "]" not in text:
-            return 0
+        if self._end is not None:
+            self._pieces.append(text)
+            if not self._end.feed(text):
+                return 0
+            text, self._pieces = "".join(self._pieces), []
+        self._text, self._pos = text, 0
         return self._read(rows, final=False)
 
     def finish(self) -> None:
         """The input ended inside ``values``."""
         self._decoder.decode(b"", final=True)
+        if self._end is not None:
+            self._text, self._pos, self._pieces = "".join(self._pieces), 0, []
         self._read(None, final=True)
         if not self.done:
             raise ValueError("premature EOF inside the rows")
 
     def _read(self, rows: list[list[Any]] | None, *, final: bool) -> int:
         text, pos, end = self._text, self._pos, len(self._text)
-        decode, whitespace = _scan_row, _JSON_WHITESPACE.match
+        whitespace = _JSON_WHITESPACE.match
         # ijson spells an escaped surrogate without its pair "?"; json keeps it (and UTF-8 cannot).
         surrogates = "\\ud" in text or "\\uD" in text
         count = 0
-        if rows is not None and self._expect_row:
-            count, pos = self._read_block(text, pos, rows, surrogates=surrogates)
+        # A row that was cut short is decoded by itself, the rows after it a block at a time.
+        blocks = rows is not None and self._end is None
         while True:
+            if blocks and self._expect_row:
+                assert rows is not None
+                read, pos = self._read_block(text, pos, rows, surrogates=surrogates)
+                count += read
+                blocks = False
             if pos < end and text[pos] in " \t\n\r":
                 blank = whitespace(text, pos)
                 pos = blank.end() if blank is not None else pos
@@ -107,17 +246,11 @@ class ArrayRows:
                 break
             if char == "]":  # "[[...],]"
                 raise json.JSONDecodeError("Expecting value", text, pos)
-            try:
-                try:
-                    row, after = decode(text, pos)
-                except StopIteration as missing:  # how the scanner says "Expecting value" at an index
-                    raise json.JSONDecodeError("Expecting value", text, missing.value) from None
-            except json.JSONDecodeError as error:
-                cut_short = error.pos >= end - _CUT_SHORT_MARGIN or error.msg.startswith("Unterminated")
-                if cut_short and not final:
-                    self._cut_short = True
-                    break  # cut short by the chunk: decoded again once more text arrived
-                raise
+            decoded = self._decode_row(text, pos, final=final)
+            if decoded is None:  # cut short: kept in self._pieces until ValueEnd says it may be whole
+                self._text, pos = "", 0
+                break
+            row, after = decoded
             if type(row) is not list:
                 raise NotRows(_event_name(row))
             if surrogates:
@@ -125,9 +258,32 @@ class ArrayRows:
             if rows is not None:
                 rows.append(row)
             count += 1
-            pos, self._expect_row, self._first, self._cut_short = after, False, False, False
+            pos, self._expect_row, self._first = after, False, False
+            if self._end is not None:
+                self._end, blocks = None, rows is not None
+        if pos >= end:  # nothing left to keep (the text may be a row of 100 MB)
+            self._text, pos = "", 0
         self._pos = pos
         return count
+
+    def _decode_row(self, text: str, pos: int, *, final: bool) -> tuple[Any, int] | None:
+        """The value at ``pos`` and the position after it, or None when the text ends before it does
+        (its text is then kept in ``_pieces``, and ``_end`` follows it)."""
+        try:
+            try:
+                return _scan_row(text, pos)
+            except StopIteration as missing:  # how the scanner says "Expecting value" at an index
+                raise json.JSONDecodeError("Expecting value", text, missing.value) from None
+        except json.JSONDecodeError as error:
+            cut_short = error.pos >= len(text) - _CUT_SHORT_MARGIN or error.msg.startswith("Unterminated")
+            if final or not cut_short:
+                raise
+            if self._end is None:
+                self._end = ValueEnd(text, pos)
+            if self._end.whole:  # all of it is there: not cut short but wrong
+                raise
+            self._pieces = [text[pos:]]
+            return None
 
     def _read_block(self, text: str, pos: int, rows: list[list[Any]], *, surrogates: bool) -> tuple[int, int]:
         """Decode every row that ends before the last ``],[`` of the text in one scan of the C
@@ -157,7 +313,7 @@ class ArrayRows:
         if surrogates:
             block = [_without_lone_surrogates(row) for row in block]
         rows += block
-        self._expect_row, self._first, self._cut_short = False, False, False
+        self._expect_row, self._first = False, False
         return len(block), cut + 1
 
     def _finish_values(self, text: str, after: int) -> None:

@@ -107,17 +107,24 @@ def small_object(response: httpx.Response, where: Where) -> dict[str, Any]:
 
 def text_lines(chunks: Iterator[bytes]) -> Iterator[str]:
     """UTF-8 text lines (ends kept, BOM dropped) from byte chunks, for the csv module. Only
-    '\\n' splits: the csv reader itself joins the lines of a quoted value."""
+    '\\n' splits: the csv reader itself joins the lines of a quoted value. A line many chunks long
+    is kept in pieces and joined once it ends: only the new text is searched for '\\n' (issue 13:
+    splitting all the text kept at every chunk took time in the square of the line's length)."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    pending = ""
+    pending: list[str] = []  # the line begun and not ended yet, in pieces
     for chunk in chunks:
-        pending += decoder.decode(chunk)
-        *lines, pending = pending.split("\n")
-        for line in lines:
-            yield line + "\n"
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
+        *lines, rest = decoder.decode(chunk).split("\n")
+        if lines:
+            first, *lines = lines
+            yield "".join((*pending, first, "\n"))
+            pending = []
+            for line in lines:
+                yield line + "\n"
+        if rest:
+            pending.append(rest)
+    pending.append(decoder.decode(b"", final=True))
+    if last := "".join(pending):
+        yield last
 
 
 class DelimitedRecords:
