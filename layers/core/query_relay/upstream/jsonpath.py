@@ -160,6 +160,8 @@ class PathReader:
         """Parse one more chunk; the items (or rows) it completed, if kept."""
         if not chunk:  # to ijson an empty chunk means the input ended
             return []
+        if b"\x0b" in chunk or b"\x0c" in chunk:  # no JSON holds them raw; yajl takes them for blanks
+            raise self.protocol_error(f"the {self._what} is not valid JSON (a raw vertical tab or form feed)")
         if self._row_text is not None:
             return self._feed_rows(chunk)
         if self._rows is None or self.complete:
