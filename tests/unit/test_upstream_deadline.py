@@ -9,7 +9,7 @@ result by the end of the invocation.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from query_relay.upstream.deadline import exchange, invocation_ends_within
 from tests.hostile import Answer, Hostile
 
 TIMEOUT = 1.0  # the connection's timeout_seconds
-LONG = b"{\"id\": \"" + b"x" * 200 + b"\"}"  # trickled: 40 s at 0.2 s a byte, past every bound here
+LONG = b'{"id": "' + b"x" * 200 + b'"}'  # trickled: 40 s at 0.2 s a byte, past every bound here
 LOGIN = ("POST", "/api/4.0/login")
 CREATE_QUERY = (("POST", "/api/4.0/queries"), (200, {"id": "q1"}))
 TOKEN = (200, {"access_token": "tok-1", "expires_in": 3600})
@@ -108,11 +108,27 @@ def test_a_trickled_result_ends_by_the_invocations_end(hostile: Hostile, trickle
     assert 0.8 <= elapsed < 1.8
 
 
-def test_an_exchange_inside_another_ends_by_the_outer_deadline() -> None:
-    with exchange(0.5) as outer, exchange(60.0) as inner:
+def test_an_exchange_has_its_own_deadline_within_the_invocations() -> None:
+    with invocation_ends_within(10.0), exchange(0.5) as outer, exchange(60.0) as inner:
         assert outer is not None
         assert inner is not None
-        assert inner <= outer <= 0.5
+        assert outer <= 0.5
+        assert 9.0 < inner <= 10.0  # the invocation's end, not the outer exchange's
+
+
+def test_an_exchange_left_open_leaves_no_deadline_on_the_next() -> None:
+    # Given an exchange whose generator was abandoned open (its deadline never reset)
+    def abandoned() -> Generator[None]:
+        with exchange(0.01):
+            yield
+
+    left_open = abandoned()
+    next(left_open)
+    time.sleep(0.02)
+    # Then a later exchange is not bound by it
+    with exchange(None) as left:
+        assert left is None
+    left_open.close()
 
 
 def test_outside_any_invocation_an_unbounded_exchange_has_no_deadline() -> None:

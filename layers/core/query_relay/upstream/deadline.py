@@ -14,8 +14,10 @@ An exchange's deadline is the earliest of:
   and clean up (``invocation_ends_within``, set by the workflow's steps). A result streams until
   then.
 
-The deadlines live in context variables, set and reset around each exchange (and nested: a
-re-login inside an exchange ends by the exchange's deadline too). The sockets are httpcore's own:
+The deadlines live in context variables, set and reset around each exchange. An exchange's own
+deadline never comes from another exchange (a re-login inside one has its own): a generator that
+held an exchange open and was closed late cannot leave its deadline on later ones, nor on the next
+invocation of a warm Lambda. The sockets are httpcore's own:
 ``transport`` is httpx's ``HTTPTransport`` over a connection pool whose network backend clamps
 every operation's timeout to the time left.
 """
@@ -56,11 +58,11 @@ def invocation_ends_within(seconds: float | None) -> Iterator[None]:
 
 @contextmanager
 def exchange(seconds: float | None) -> Iterator[float | None]:
-    """One exchange, ending within ``seconds`` (None: only the invocation's end bounds it), and
-    within any exchange it is part of. Yields the seconds it is given (None: unbounded)."""
+    """One exchange, ending within ``seconds`` (None: only the invocation's end bounds it). Yields
+    the seconds it is given (None: unbounded)."""
     now = time.monotonic()
     own = None if seconds is None else now + max(seconds, 0.0)
-    ends = _earliest(own, _INVOCATION_ENDS.get(), _EXCHANGE_ENDS.get())
+    ends = _earliest(own, _INVOCATION_ENDS.get())
     token = _EXCHANGE_ENDS.set(ends)
     try:
         yield None if ends is None else ends - now
