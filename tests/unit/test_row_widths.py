@@ -37,7 +37,7 @@ def _fetch_rows(hostile: Hostile, values: list[list[Any]]) -> list[Any]:
         ([[1, "x"], [2]], "row 2 has 1 values for 2 columns"),
         ([[1, "x", "extra"]], "row 1 has 3 values for 2 columns"),
         ([[]], "row 1 has 0 values for 2 columns"),
-        ([[1, "x"]] * 2500 + [[2]], "row 2501 has 1 values for 2 columns"),  # past the first blocks
+        ([[1, "x"]] * 300 + [[2]], "row 301 has 1 values for 2 columns"),  # past the first blocks
     ],
     ids=["narrower", "wider", "empty", "late"],
 )

@@ -46,7 +46,7 @@ def _whole() -> bool:
 
 
 # Rows are checked against their columns this many at a time (see _of_width).
-_WIDTH_CHECK_ROWS = 1024
+_WIDTH_CHECK_ROWS = 128  # few enough that holding them costs little memory (a Veza node is KiBs)
 
 
 @dataclass

@@ -45,6 +45,15 @@ def _fastest_backend() -> Any:
 
 IJSON = _fastest_backend()
 
+# The byte a document ends with, by its first event.
+_LAST_BYTES = {
+    "start_map": b"}",
+    "start_array": b"]",
+    "string": b'"',
+    "number": b"0123456789",
+    "boolean": b"el",  # true, false
+    "null": b"l",
+}
 # ijson parse events that open and close a container.
 STARTS = frozenset(("start_map", "start_array"))
 ENDS = frozenset(("end_map", "end_array"))
@@ -134,6 +143,7 @@ class PathReader:
         self._leads_in = _containers_of({*self._items, *self._collect, *self._marks, *rows_path})
         self._leads_in |= self._marks | rows_path
         self._row_text: ArrayRows | None = None
+        self._last_byte = b""  # the last byte of the input that is not whitespace
         self.top_event: str | None = None
         self.found: dict[str, list[Any]] = {}
         self.opened: set[str] = set()
@@ -162,6 +172,8 @@ class PathReader:
             return []
         if b"\x0b" in chunk or b"\x0c" in chunk:  # no JSON holds them raw; yajl takes them for blanks
             raise self.protocol_error(f"the {self._what} is not valid JSON (a raw vertical tab or form feed)")
+        last = chunk.rstrip(b" \t\n\r")[-1:]
+        self._last_byte = last or self._last_byte
         if self._row_text is not None:
             return self._feed_rows(chunk)
         if self._rows is None or self.complete:
@@ -192,6 +204,9 @@ class PathReader:
         found = self._consume()
         if not self.complete:
             raise self._ended_early()
+        if self._last_byte not in _LAST_BYTES.get(self.top_event or "", b""):
+            # yajl reports trailing text only once it is a whole token: '{} "abc' passes it
+            raise self.protocol_error(f"the {self._what} is not valid JSON (text after the document)")
         return found
 
     def _ended_early(self) -> UpstreamProtocolError:
