@@ -217,6 +217,43 @@ def test_an_escaped_lone_surrogate_reads_as_a_question_mark_in_rows_and_elsewher
     assert reader.first("id") == "a?b"
 
 
+@pytest.mark.parametrize(
+    ("escaped", "expected"),
+    [
+        (rb"\ud800\u0041", "?A"),  # yajl alone: U+10041, the "A" lost
+        (rb"\ud800\ud800\udc00", "?\U00010000"),  # the second one is paired
+        (rb"\ud83d\ude00\ud800\u00e9", "\U0001f600?\u00e9"),
+        (rb"\\ud800\u0041", "\\ud800A"),  # an escaped backslash, then text
+        (rb"\\\ud800\u0041", "\\?A"),
+        (rb"\\\\ud800\u0041", "\\\\ud800A"),
+        (rb"\ud800\n", "?\n"),
+    ],
+)
+def test_a_lone_high_surrogate_before_another_escape_reads_the_same_at_every_cut(
+    escaped: bytes, expected: str
+) -> None:
+    body = b'{"id": "' + escaped + b'"}'
+    for cut in range(len(body) + 1):
+        for chunks in ([body[:cut], body[cut:]], [body[:cut], *(body[i : i + 1] for i in range(cut, len(body)))]):
+            reader = PathReader(WHERE, collect=("id",))
+            read(reader, chunks)
+            assert reader.first("id") == expected, (cut, chunks)
+
+
+def test_a_path_names_one_place_only() -> None:
+    body = b'{"item": 1, "": {"x": 2}, "a.b": 3, "a": {"b": 4, "item": 5}, "l": [6, {"item": 7}]}'
+    reader = PathReader(WHERE, collect=("item", "a.b", "a.item", "x", "l.item.item"), items=("l.item",))
+    assert read(reader, [body]) == [6, {"item": 7}]
+    assert reader.found == {"a.b": [4]}  # keys "item" and "a.b" are not the paths "item" and "a.b"
+
+
+@pytest.mark.parametrize("body", [b"7", b'"s"', b"[1, {}]", b'{"a": [null]}'])
+def test_the_whole_document_is_collected_by_the_empty_path(body: bytes) -> None:
+    reader = PathReader(WHERE, collect=("",))
+    read(reader, [body])
+    assert reader.complete
+    assert reader.first("") == json.loads(body)
+
 # --- PathReader: items ---------------------------------------------------------------------------
 
 

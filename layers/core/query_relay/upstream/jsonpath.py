@@ -2,8 +2,8 @@
 whole.
 
 ``PathReader`` is fed the body chunk by chunk (ijson's push interface, C backend where
-installed) and keeps what a provider names by path (``"result.nodes_value.item"``, arrays'
-members are ``item`` as in ijson):
+installed) and keeps what a provider names by path (``"result.nodes_value.item"``: keys joined by
+dots, an array's members ``item`` as in ijson; ``""`` is the whole document):
 
 - ``items``: the members of a large array (a page's nodes, a result's rows), handed out as each one
   completes (or only counted);
@@ -11,15 +11,18 @@ members are ``item`` as in ijson):
 - ``collect``: small values (an id, a state, the columns), built whole and kept;
 - ``marks``: containers whose opening and closing is worth knowing (``opened``, ``closed``).
 
-Anything else is skipped without being built. ``path`` maps ijson's prefixes to the names the
-provider uses (snake_case keys, an optional wrapper dropped). Every failure of the document is an
-UpstreamProtocolError naming ``where``.
+Anything else is skipped without being built. A path names one place only: inside, it is a tuple of
+keys with ``ITEM`` for an array's member, so an object's key ``"item"``, a key holding a dot or an
+empty key never read as another place (ijson's own prefixes confuse them). ``path`` maps such a
+tuple to the one the provider names (snake_case keys, an optional wrapper dropped). Every failure of
+the document is an UpstreamProtocolError naming ``where``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -59,6 +62,16 @@ STARTS = frozenset(("start_map", "start_array"))
 ENDS = frozenset(("end_map", "end_array"))
 
 
+# A path inside PathReader: the keys read into, ITEM for an array's member.
+ITEM = None
+Path = tuple[str | None, ...]
+
+
+def parse_path(path: str) -> Path:
+    """``"result.nodes.item"`` -> ``("result", "nodes", ITEM)``; ``""`` -> ``()``, the document."""
+    return tuple(ITEM if part == "item" else part for part in path.split(".")) if path else ()
+
+
 class TooDeep(Exception):
     """A document nests deeper than MAX_NESTING."""
 
@@ -72,9 +85,67 @@ def _float(number: Decimal) -> float:
     return value
 
 
-def _containers_of(paths: Collection[str]) -> set[str]:
+def _containers_of(paths: Collection[Path]) -> set[Path]:
     """The paths of the containers ``paths`` lie in (``a.b.item`` -> ``""``, ``a``, ``a.b``)."""
-    return {".".join(path.split(".")[:end]) for path in paths for end in range(path.count(".") + 1)}
+    return {path[:end] for path in paths for end in range(len(path))}
+
+
+class SurrogateGuard:
+    """yajl joins a lone high surrogate escape with ANY ``\\u`` escape after it, as if they were a
+    pair: ``"\\ud800\\u0041"`` would read as U+10041, the "A" lost (json reads ``"\\ud800A"``).
+    Such a high surrogate is spelled ``?`` before yajl sees it, as yajl spells a lone one: the
+    bytes pass through unchanged otherwise. An escape cut by the end of a chunk is held back until
+    the next one says what follows it."""
+
+    # A high surrogate escape followed by an escape that is not a low surrogate.
+    _UNPAIRED = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?=\\u(?![dD][c-fC-F][0-9a-fA-F]{2}))")
+    # The start of such a pair, cut by the end of the text (at most 11 bytes of its 12).
+    _CUT = re.compile(
+        rb"\\(?:u(?:[dD](?:[89abAB](?:[0-9a-fA-F](?:[0-9a-fA-F](?:\\(?:u[0-9a-fA-F]{0,3})?)?)?)?)?)?)?\Z"
+    )
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._odd = False  # the bytes handed on end with an odd run of backslashes (one escapes the next)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of ``chunk`` (after any held back) that can be handed on now."""
+        data = self._held + chunk if self._held else chunk
+        if b"\\" not in data:
+            self._held, self._odd = b"", self._odd and not data
+            return data
+        cut = self._CUT.search(data, max(len(data) - 11, 0))
+        end = cut.start() if cut is not None else len(data)
+        self._held = data[end:]
+        return self._spelled(data, end)
+
+    def finish(self) -> bytes:
+        """The input ended: what is held back, as it is."""
+        data, self._held = self._held, b""
+        return self._spelled(data, len(data))
+
+    def _spelled(self, data: bytes, end: int) -> bytes:
+        """``data[:end]`` with each unpaired high surrogate escape spelled ``?``; whether one is
+        paired may be decided by the bytes after ``end``."""
+        pieces: list[bytes] = []
+        start = 0
+        for match in self._UNPAIRED.finditer(data):
+            if match.start() >= end:
+                break
+            if self._backslashes_before(data, match.start()) % 2:
+                continue  # "\\\\ud800": a backslash, then text
+            pieces += (data[start : match.start()], b"?")
+            start = match.end()
+        self._odd = self._backslashes_before(data, end) % 2 == 1
+        return b"".join((*pieces, data[start:end])) if pieces else data[:end]
+
+    def _backslashes_before(self, data: bytes, at: int) -> int:
+        """The run of backslashes just before ``data[at]``, with those handed on before ``data``
+        (only their parity is known, which is all that counts)."""
+        start = at
+        while start and data[start - 1] == 0x5C:
+            start -= 1
+        return at - start + (self._odd if start == 0 else 0)
 
 
 class Subtree:
@@ -116,14 +187,22 @@ class PathReader:
         collect: Collection[str] = (),
         marks: Collection[str] = (),
         keep_items: bool = True,
-        path: Callable[[str], str] | None = None,
+        path: Callable[[Path], Path] | None = None,
         before_rows: Callable[[], None] | None = None,
         object_only: bool = False,
         what: str = "answer",
     ) -> None:
         self.where = where
         self.keep_items = keep_items
-        self._items, self._rows, self._collect, self._marks = set(items), rows, set(collect), set(marks)
+        # Each wanted path as a tuple, and its name as given (what found, opened and closed say).
+        self._names = {
+            parse_path(name): name
+            for name in (*items, *collect, *marks, *((rows,) if rows is not None else ()))
+        }
+        self._items, self._collect, self._marks = (
+            set(map(parse_path, paths)) for paths in (items, collect, marks)
+        )
+        self._rows_name, self._rows = rows, parse_path(rows) if rows is not None else None
         self._path = path
         self.before_rows = before_rows
         self._what = what
@@ -133,13 +212,14 @@ class PathReader:
         self._events: Any = ijson.utils.sendable_list()
         # Floats arrive as Decimal and are made floats here: yajl's own numbers stop at 64 bits.
         self._parser: Any = IJSON.basic_parse_coro(self._events, use_float=False)
-        self._open: list[tuple[str, bool]] = []  # (prefix, is a map) of each container read into
+        self._guard = SurrogateGuard()
+        self._open: list[tuple[Path, bool]] = []  # (path, is a map) of each container read into
         self._key = ""  # the last key of the innermost map
         # Where a value is only followed: an item, a collected value, or a part skipped unread.
         self._subtree: Subtree | None = None
-        self._following: tuple[str, str] = ("skip", "")  # what the subtree is; a collected value's path
+        self._following: tuple[str, Path] = ("skip", ())  # what the subtree is; a collected value's path
         # The containers worth reading into: those the wanted paths lie in, the marks and the rows.
-        rows_path = {rows} if rows else set()
+        rows_path = {self._rows} if self._rows is not None else set()
         self._leads_in = _containers_of({*self._items, *self._collect, *self._marks, *rows_path})
         self._leads_in |= self._marks | rows_path
         self._row_text: ArrayRows | None = None
@@ -196,6 +276,8 @@ class PathReader:
             with self._row_errors():
                 self._row_text.finish()
         try:
+            if held := self._guard.finish():
+                self._parser.send(held)
             self._parser.close()
         except ijson.IncompleteJSONError:
             raise self._ended_early() from None
@@ -213,6 +295,9 @@ class PathReader:
         return self.protocol_error(f"the {self._what} ended before its JSON document did")
 
     def _feed_events(self, chunk: bytes) -> list[Any]:
+        chunk = self._guard.feed(chunk)
+        if not chunk:  # all held back (an empty chunk would tell ijson the input ended)
+            return []
         try:
             self._parser.send(chunk)
         except (ijson.JSONError, UnicodeDecodeError) as error:  # yajl lets a lone surrogate through
@@ -239,7 +324,7 @@ class PathReader:
             yield
         except NotRows as not_rows:
             raise self.protocol_error(
-                f"'{self._rows}' holds something other than rows ({not_rows.event})"
+                f"'{self._rows_name}' holds something other than rows ({not_rows.event})"
             ) from None
         except (ValueError, RecursionError) as error:
             problem = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
@@ -273,7 +358,7 @@ class PathReader:
             prefix, _ = self._open.pop()
             name = self._name(prefix)
             if name in self._marks:
-                self.closed.add(name)
+                self.closed.add(self._names[name])
             self.complete = not self._open
             return
         prefix = self._child_prefix()
@@ -287,11 +372,14 @@ class PathReader:
                 self._follow(event, value, ("item", name), build=self.keep_items)
             else:
                 self._item_done(value, found)
+                self.complete = not self._open
         elif name in self._collect:
             if event in STARTS:
                 self._follow(event, value, ("collect", name), build=True)
-            elif value is not None:
-                self.found.setdefault(name, []).append(value)
+            else:
+                if value is not None:
+                    self.found.setdefault(self._names[name], []).append(value)
+                self.complete = not self._open
         elif event in STARTS:
             if name not in self._leads_in:
                 self._follow(event, value, ("skip", name), build=False)  # read past, unbuilt
@@ -300,7 +388,7 @@ class PathReader:
                 raise TooDeep
             self._open.append((prefix, event == "start_map"))
             if name in self._marks:
-                self.opened.add(name)
+                self.opened.add(self._names[name])
             if event == "start_array" and name == self._rows:
                 if self.before_rows is not None:
                     self.before_rows()
@@ -308,18 +396,17 @@ class PathReader:
         elif not self._open:
             self.complete = True  # a document that is one scalar
 
-    def _child_prefix(self) -> str:
-        """ijson's prefix of the value now starting (``result.nodes.item``)."""
+    def _child_prefix(self) -> Path:
+        """The path of the value now starting (``("result", "nodes", ITEM)``)."""
         if not self._open:
-            return ""
+            return ()
         parent, is_map = self._open[-1]
-        member = self._key if is_map else "item"
-        return f"{parent}.{member}" if parent else member
+        return (*parent, self._key if is_map else ITEM)
 
-    def _name(self, prefix: str) -> str:
+    def _name(self, prefix: Path) -> Path:
         return self._path(prefix) if self._path else prefix
 
-    def _follow(self, event: str, value: Any, following: tuple[str, str], *, build: bool) -> None:
+    def _follow(self, event: str, value: Any, following: tuple[str, Path], *, build: bool) -> None:
         """Follow the container now starting to its end: ``(what, path)``, what being an
         ``item``, a value to ``collect`` or one to ``skip``; see ``_subtree_done``."""
         self._subtree = Subtree(build=build, room=MAX_NESTING - len(self._open))
@@ -331,9 +418,8 @@ class PathReader:
         if what == "item":
             self._item_done(subtree.value, found)
         elif what == "collect":
-            self.found.setdefault(path, []).append(subtree.value)
-        elif not self._open:
-            self.complete = True  # a top-level container read past (nothing wanted in it)
+            self.found.setdefault(self._names[path], []).append(subtree.value)
+        self.complete = not self._open  # a top-level container followed to its end
 
     def _item_done(self, value: Any, found: list[Any]) -> None:
         self.item_count += 1

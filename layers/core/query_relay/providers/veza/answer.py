@@ -20,7 +20,7 @@ from urllib.parse import quote
 from query_relay.exceptions import QueryRelayError, UpstreamQueryFailed
 from query_relay.models import Column
 from query_relay.upstream.errors import REASON_LIMIT, Envelope, ErrorAnswer, Where, json_object
-from query_relay.upstream.jsonpath import PathReader
+from query_relay.upstream.jsonpath import ITEM, Path, PathReader
 
 SUBMIT_PATH = "/api/v1/assessments/query_spec:result_async_create"
 
@@ -61,14 +61,13 @@ _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 @functools.lru_cache(maxsize=256)
-def logical_path(prefix: str) -> str:
-    """An ijson prefix as this module names it: without the ``task`` wrapper, keys in snake_case
+def logical_path(prefix: Path) -> Path:
+    """A path as this module names it: without the ``task`` wrapper, keys in snake_case
     (``task.result.nodesValue.values.item`` -> ``result.nodes_value.values.item``). Node objects
     themselves are built as sent: their keys are Veza's own."""
-    parts = prefix.split(".") if prefix else []
-    if parts[:1] == ["task"]:
-        parts = parts[1:]
-    return ".".join(_CAMEL_HUMP.sub("_", part).lower() for part in parts)
+    if prefix[:1] == ("task",):
+        prefix = prefix[1:]
+    return tuple(part if part is ITEM else _CAMEL_HUMP.sub("_", part).lower() for part in prefix)
 
 
 def reader(where: Where, *, keep_nodes: bool) -> PathReader:
