@@ -236,3 +236,22 @@ def test_a_form_body_is_415_and_never_repeated(api: httpx.Client, stack: LocalSt
     assert (response.status_code, response.json()["error"]) == (415, "UnsupportedMediaType")
     assert "sk-live-form-marker" not in response.text
     assert started_executions(stack) == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "error"),
+    [
+        ("GET", "/queries/sk-live-7f3a9c1e", "JobNotFound"),
+        ("DELETE", "/queries/sk-live-7f3a9c1e", "JobNotFound"),
+        ("GET", "/schedules/sk-live-7f3a9c1e", "ScheduleNotFound"),
+        ("DELETE", "/schedules/sk-live-7f3a9c1e", "ScheduleNotFound"),
+    ],
+)
+def test_an_unknown_id_is_404_and_never_repeated(
+    api: httpx.Client, method: str, path: str, error: str
+) -> None:
+    # a key pasted where an id goes is well formed: the 404 says what is missing, not the value
+    response = api.request(method, path)
+    assert response.status_code == 404, response.text
+    assert response.json()["error"] == error
+    assert "7f3a9c1e" not in response.text

@@ -238,7 +238,7 @@ def _describe(job_id: str) -> DescribeExecutionOutputTypeDef:
     try:
         return client.describe_execution(executionArn=execution_arn(job_id))
     except client.exceptions.ExecutionDoesNotExist:
-        raise JobNotFound(f"no job {job_id!r}") from None
+        raise JobNotFound("no job has this id") from None
 
 
 # --- cancel --------------------------------------------------------------------------------------

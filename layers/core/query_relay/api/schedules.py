@@ -166,7 +166,7 @@ def get_schedule(name: str) -> ScheduleView:
     try:
         schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
     except client.exceptions.ResourceNotFoundException:
-        raise ScheduleNotFound(f"no schedule {name!r}") from None
+        raise ScheduleNotFound("no schedule has this name") from None
     spec = None
     try:
         spec = parse_job_spec(json.loads(schedule["Target"].get("Input") or "{}").get("spec"))
@@ -221,7 +221,7 @@ def delete_schedule(name: str) -> ScheduleView:
     try:
         client.delete_schedule(Name=name, GroupName=get_control_settings().schedule_group)
     except client.exceptions.ResourceNotFoundException:
-        raise ScheduleNotFound(f"no schedule {name!r}") from None
+        raise ScheduleNotFound("no schedule has this name") from None
     logger.info("schedule deleted", extra={"schedule": name})
     return deleted
 
