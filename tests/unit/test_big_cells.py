@@ -27,7 +27,7 @@ from query_relay.upstream import stream as stream_module
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
 from query_relay.upstream.rows import ArrayRows, ValueEnd
-from query_relay.upstream.stream import DelimitedRecords, text_lines
+from query_relay.upstream.stream import CSV_FIELD_MAX_CHARS, DelimitedRecords, text_lines
 
 WHERE = Where("test", "conn", "test read")
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -321,7 +321,7 @@ LONG_TEXT = "short\n" + ("a long line, with é€😀 and \r inside " * 50) + "\
 
 def test_text_lines_are_the_same_cut_in_two_anywhere() -> None:
     body = LONG_TEXT.encode()
-    expected = list(io.StringIO(LONG_TEXT, newline="\n"))
+    expected = list(io.StringIO(LONG_TEXT, newline=""))
     for cut in range(1, len(body)):
         assert list(text_lines(iter([body[:cut], body[cut:]]))) == expected, cut
 
@@ -329,7 +329,7 @@ def test_text_lines_are_the_same_cut_in_two_anywhere() -> None:
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 64, 1000])
 def test_text_lines_are_the_same_in_chunks_of_any_size(size: int) -> None:
     assert list(text_lines(iter(_chunks(LONG_TEXT.encode(), size)))) == list(
-        io.StringIO(LONG_TEXT, newline="\n")
+        io.StringIO(LONG_TEXT, newline="")
     )
 
 
@@ -362,19 +362,45 @@ class CountingLineDecoder(CountingDecoder):
         super().__init__("utf-8-sig", errors)
 
 
-def test_a_long_line_costs_work_in_proportion_to_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    line = "x" * 1_000_000 + "\n"
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_a_long_line_costs_work_in_proportion_to_its_length(
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    line = "x" * 1_000_000 + end
 
     def decoders(encoding: str) -> type[codecs.IncrementalDecoder]:
         assert encoding == "utf-8-sig"
         return CountingLineDecoder
 
+    def string_io(text: str, newline: str) -> io.StringIO:  # what a text with a '\r' is cut with
+        Counted.handled += len(text)
+        return io.StringIO(text, newline=newline)
+
     monkeypatch.setattr(stream_module, "codecs", SimpleNamespace(getincrementaldecoder=decoders))
+    monkeypatch.setattr(stream_module, "io", SimpleNamespace(StringIO=string_io))
     Counted.handled = 0
     lines = list(text_lines(iter(_chunks((line * 2).encode(), 1024))))
 
     assert lines == [line, line]
     assert Counted.handled <= 2 * len(line) * 2, "each character split once, not at every chunk"
+
+
+def test_a_csv_cell_of_1_mb_is_read_past_the_csv_modules_default_field_limit() -> None:
+    """The csv module refuses a field longer than 131,072 characters unless its limit, one for the
+    whole process, is raised: stream.py raises it when imported, as a cell has no bound of its own
+    (the JSON readers take one of any size)."""
+    cell = _repeat_to('lorem, "ipsum"\r\n dolor é€😀 ', 1_000_000)
+    text = io.StringIO()
+    csv.writer(text).writerows([["a", "b"], ["1", cell], ["2", "x"]])
+    reader = DelimitedRecords(iter(_chunks(text.getvalue().encode(), 64 * 1024)), WHERE, keep_bytes=False)
+
+    assert reader.read_header() == ["a", "b"]
+    assert list(reader.rows()) == [["1", cell], ["2", "x"]]
+    assert csv.field_size_limit() == CSV_FIELD_MAX_CHARS > 1_000_000
+
+
+def _repeat_to(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
 
 
 def _many_lines() -> Iterator[bytes]:

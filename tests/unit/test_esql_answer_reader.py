@@ -1,16 +1,23 @@
-"""The ES|QL answer reader gives the same rows however the bytes are split into chunks."""
+"""The ES|QL answer reader gives the same rows however the bytes are split into chunks, and refuses
+an answer whose 'values' come before its 'columns' in every output format, wherever it is cut."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from query_relay.exceptions import UpstreamProtocolError
+from query_relay.models import OutputFormat
+from query_relay.providers.base import NativeResult, TabularResult
 from query_relay.providers.esql import answer
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
+from query_relay.upstream.stream import StreamedAnswer
+from tests.unit.test_upstream_readers import Chunks
 
 ANSWER: dict[str, Any] = {
     "id": "FmNJRUZ1YWZCU3dH=",
@@ -60,3 +67,74 @@ def test_an_answer_cut_off_is_a_protocol_error(cut: int) -> None:
     document = json.dumps(ANSWER).encode()[:cut]
     with pytest.raises(UpstreamProtocolError):
         read_rows(document, 5)
+
+
+# --- 'values' before 'columns': refused in every format, wherever the bytes are cut ---------------
+
+WHERE = Where("esql", "test", "esql fetch")
+COLUMNS = b'"columns": [{"name": "n", "type": "long"}, {"name": "s", "type": "keyword"}]'
+VALUES_FIRST = b'{"is_running": false, "values": [[1, "a"], [2, "b"]], ' + COLUMNS + b"}"
+COLUMNS_FIRST = b'{"is_running": false, ' + COLUMNS + b', "values": [[1, "a"], [2, "b"]]}'
+
+
+def cut_at(body: bytes, *cuts: int) -> list[bytes]:
+    ends = (0, *cuts, len(body))
+    return [body[start:end] for start, end in itertools.pairwise(ends)]
+
+
+def fetched(chunks: list[bytes], output_format: OutputFormat) -> tuple[list[tuple[str, str]], Any]:
+    """The columns, and the rows (or, native, the row count) of a finished answer's result."""
+    reader = answer.reader(WHERE, keep_rows=output_format != "native")
+    streamed = StreamedAnswer(httpx.Response(200, stream=Chunks(chunks)), reader, WHERE)
+    found = answer.result(streamed, output_format, "t1", False)
+    columns = [(column.name, column.type) for column in found.columns]
+    if isinstance(found, NativeResult):
+        assert b"".join(found.chunks) == b"".join(chunks)
+        return columns, found.row_count
+    assert isinstance(found, TabularResult)
+    return columns, [list(row) for row in found.rows]
+
+
+def each_cut(body: bytes) -> list[list[bytes]]:
+    """The body whole, cut once at every place, and a byte at a time."""
+    return [[body], *(cut_at(body, at) for at in range(1, len(body))), [bytes([byte]) for byte in body]]
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "csv", "native"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"is_running": false, "values": [',  # the chunk ends where the values open
+        b'{"is_running": false, "values": [[1, "a"]',  # inside the values
+        b'{"is_running": false, "values": [[1, "a"], [2, "b"]]',  # after them
+        b'{"is_running": false, "values": [[1, "a"], [2, "b"]], "columns": [{"name"',  # in the columns
+        VALUES_FIRST,  # whole
+    ],
+    ids=["at the values", "inside the values", "after the values", "inside the columns", "whole"],
+)
+def test_values_before_columns_are_refused_wherever_the_answer_is_cut(
+    output_format: OutputFormat, head: bytes
+) -> None:
+    assert VALUES_FIRST.startswith(head)
+    with pytest.raises(UpstreamProtocolError, match="'values' arrived before 'columns'"):
+        fetched(cut_at(VALUES_FIRST, len(head)), output_format)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "native"])
+def test_values_before_columns_are_refused_at_every_cut(output_format: OutputFormat) -> None:
+    for chunks in each_cut(VALUES_FIRST):
+        with pytest.raises(UpstreamProtocolError, match="'values' arrived before 'columns'"):
+            fetched(chunks, output_format)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "native"])
+def test_columns_before_values_are_read_the_same_at_every_cut(output_format: OutputFormat) -> None:
+    rows: Any = [[1, "a"], [2, "b"]] if output_format == "jsonl" else 2
+    for chunks in each_cut(COLUMNS_FIRST):
+        assert fetched(chunks, output_format) == ([("n", "long"), ("s", "keyword")], rows)
+
+
+def test_a_counting_reader_refuses_values_before_columns_too() -> None:
+    reader = answer.reader(WHERE, keep_rows=False)
+    with pytest.raises(UpstreamProtocolError, match="'values' arrived before 'columns'"):
+        reader.feed(b'{"values": [')

@@ -23,7 +23,7 @@ Generated keys include "", "item" and keys with a "." (which ijson's prefixes wo
 other places), and documents nest at most 20 levels (to keep examples quick; the 64-level cap has
 its own tests in test_upstream_readers.py).
 
-The differences found are the ``xfail(strict=True)`` tests at the end of the file.
+The differences found (issue 13) are the tests at the end of the file, each one an xfail until fixed.
 """
 
 from __future__ import annotations
@@ -806,10 +806,10 @@ class Records:
     refused: bool  # after ``rows``
 
 
-def csv_reference(body: bytes, delimiter: str, newline: str = "\n") -> Records:
+def csv_reference(body: bytes, delimiter: str, newline: str = "") -> Records:
     """What the csv module reads (a header, then rows of as many values; a blank line is no row
-    unless there is one column) from the body as one UTF-8 text. ``newline="\\n"`` splits lines at
-    "\\n" only, as DelimitedRecords does; ``newline=""`` as the csv module's docs ask."""
+    unless there is one column) from the body as one UTF-8 text. ``newline=""`` (as the csv
+    module's docs ask) cuts lines as DelimitedRecords does; ``newline="\\n"`` at "\\n" only."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -917,11 +917,11 @@ def test_any_text_is_read_as_the_csv_module_reads_it_or_refused(
     body = body[:at] + bad + body[at:]
     chunks = data.draw(chunkings(body), label="chunks")
     got = read_records(chunks, delimiter)
-    reference = csv_reference(body, delimiter)
+    reference = csv_reference(body, delimiter, newline="")
     if bad:
         assert got.refused
     else:
-        assert got == reference  # see test_a_lone_cr_line_end_is_read_as_the_csv_module_reads_it_or_refused
+        assert got == reference
 
 
 # --- 5. the providers' readers: the same rows however the answer is cut -------------------------
@@ -944,8 +944,6 @@ def _esql_result(chunks: list[bytes], output_format: str) -> Any:
 def test_esql_answers_read_the_same_however_cut(
     data: st.DataObject, document: dict[str, Any], output_format: str
 ) -> None:
-    if output_format == "native":  # see test_a_native_esql_answer_with_values_first_is_read_however_cut
-        document = _in_order(document, "columns", "values")
     body = data.draw(encoded(document), label="body")
     chunks = data.draw(chunkings(body), label="chunks")
     whole = outcome(lambda chunks: _esql_result(list(chunks), output_format), [body])
@@ -1040,7 +1038,7 @@ def test_veza_pages_read_the_same_however_cut(data: st.DataObject, document: dic
     assert continuation == (token if more else None)
 
 
-# --- differences found (issue 13): each xfail says what is wrong -------------------------------
+# --- differences found (issue 13), each an xfail until it was fixed -----------------------------
 
 
 @FEW
@@ -1081,27 +1079,16 @@ def test_a_path_names_one_place_only(path: str, body: bytes) -> None:
     assert read(PathReader(WHERE, items=(path,)), [body]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"rows are not held to MAX_NESTING ({MAX_NESTING}): the json module decodes a row "
-    "nesting hundreds of levels (up to its recursion limit) where any other part of an answer is a "
-    "protocol error past the cap",
-)
 @pytest.mark.parametrize("reader", ["rows", "ArrayRows"])
 def test_a_row_nesting_deeper_than_the_cap_is_a_protocol_error(reader: str) -> None:
+    """Rows are held to MAX_NESTING as any other part of an answer is (the json module would decode
+    a row nesting thousands of levels, up to its recursion limit)."""
     deep = b"[" * (MAX_NESTING + 1) + b"]" * (MAX_NESTING + 1)
     body = b'{"values": [[1], ' + deep + b"]}" if reader == "rows" else b"[[1], " + deep + b"]"
     with pytest.raises(UpstreamProtocolError, match=f"deeper than {MAX_NESTING}"):
         BY_NAME[reader].run([body])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a native ES|QL result whose 'values' come before 'columns' is read when the columns "
-    "arrive in the chunk that opens the values, and refused ('the finished answer has no "
-    "'columns'') when the chunk ends inside the values: the outcome depends on where the bytes "
-    "were cut (jsonl refuses it always: 'values' arrived before 'columns')",
-)
 @FEW
 @example(
     document={"values": [[1]], "columns": [{"name": "a", "type": "long"}]},
@@ -1116,6 +1103,16 @@ def test_a_native_esql_answer_with_values_first_is_read_however_cut(
     cut = min(cut, len(body))
     whole = outcome(lambda chunks: _esql_result(list(chunks), "native"), [body])
     assert outcome(lambda chunks: _esql_result(list(chunks), "native"), [body[:cut], body[cut:]]) == whole
+    assert whole[0] == "refused"  # as in every format: ES writes the columns first
+    assert "'values' arrived before 'columns'" in whole[1]
+
+
+def _json_detail_result(chunks: Iterable[bytes]) -> Any:
+    return _looker_result(list(chunks), "json_detail", False)
+
+
+def _any_order(result: dict[str, Any]) -> bytes:
+    return json.dumps(result).encode()
 
 
 def _fields_last(result: dict[str, Any]) -> bytes:
@@ -1123,14 +1120,6 @@ def _fields_last(result: dict[str, Any]) -> bytes:
     return json.dumps({**result, "fields": fields}).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the columns of a json_detail result whose 'fields' or 'errors' come before its first "
-    "row depend on where the bytes were cut: the head is read until a row or the errors, and the "
-    "columns are taken from what it holds then. Read whole, they are the metadata's ('count'; "
-    "for no rows, the fields' names) in the first row's order; cut after the first row, guessed "
-    "from its values ('number'); cut after the errors, in the fields' order, or none at all",
-)
 @FEW
 @example(
     body=b'{"data": [{"a": {"value": 1}}], "fields": {"measures": [{"name": "a", "type": "count"}]}}',
@@ -1149,23 +1138,32 @@ def _fields_last(result: dict[str, Any]) -> bytes:
         b'"errors": [{"level": "warning", "message": "w"}]'
     ),
 ).via("cut after the errors, the fields in another order than the row")
-@given(body=looker_results().map(_fields_last), cut=st.integers(0, 10_000))
-def test_looker_json_detail_columns_are_the_same_however_cut(body: bytes, cut: int) -> None:
-    cut = min(cut, len(body))
-    whole = outcome(lambda chunks: _looker_result(list(chunks), "json_detail", False), [body])
-    assert (
-        outcome(lambda chunks: _looker_result(list(chunks), "json_detail", False), [body[:cut], body[cut:]])
-        == whole
-    )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="DelimitedRecords splits lines at '\\n' only: a lone '\\r' line end (classic Mac text) "
-    "is mostly refused ('new-line character seen in unquoted field'), which is fair, but blank "
-    "lines ended by '\\r' after a record are dropped silently: one-column 'a\\r\\r' reads as a "
-    "header and no rows, where the csv module (newline='', as its docs ask) reads the row ['']",
+@given(
+    body=st.one_of(looker_results().map(_fields_last), looker_results().map(_any_order)),
+    cut=st.integers(0, 10_000),
 )
+def test_looker_json_detail_columns_are_the_same_however_cut(body: bytes, cut: int) -> None:
+    """The columns are decided at the first row from what comes before it in the document: its keys
+    typed by the metadata if "fields" came before "data", else from its values; with no rows, the
+    metadata's (see the module doc of looker.answer)."""
+    cut = min(cut, len(body))
+    whole = outcome(_json_detail_result, [body])
+    assert outcome(_json_detail_result, [body[:cut], body[cut:]]) == whole
+    assert whole[0] == "read"
+    loaded = json.loads(body)
+    fields = [field for group in loaded["fields"].values() for field in group]
+    metadata = {field["name"]: field["type"] or "unknown" for field in fields}
+    if not loaded["data"]:
+        expected: Any = [[name, kind] for name, kind in metadata.items()]
+    elif list(loaded).index("fields") < list(loaded).index("data"):
+        expected = [[name, metadata[name]] for name in loaded["data"][0]]
+    else:  # typed from the first row's values, as if there were no metadata
+        expected = _json_detail_result([json.dumps({"data": loaded["data"][:1]}).encode()])[0]
+    assert json.loads(whole[1])[0] == [list(column) for column in expected]
+
+
+# DelimitedRecords once cut lines at '\n' only: a blank line ended by a lone '\r' after a record
+# was dropped silently (one-column "a\r\r" read as a header and no rows, not the row [""])
 @FEW
 @example(text="a\r\r", delimiter=",").via("a blank line ended by a lone CR, one column")
 @given(text=CSV_NOISE.map("".join), delimiter=DELIMITERS)

@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from query_relay.exceptions import UpstreamProtocolError, UpstreamUnavailable
-from query_relay.models import MAX_NESTING
+from query_relay.models import MAX_NESTING, nesting_depth
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
+from query_relay.upstream.rows import ArrayRows, RowTooDeep, _deeper_than
 from query_relay.upstream.stream import DelimitedRecords, StreamedAnswer, small_object, text_lines
 
 WHERE = Where("test", "conn", "test read")
@@ -234,7 +235,10 @@ def test_a_lone_high_surrogate_before_another_escape_reads_the_same_at_every_cut
 ) -> None:
     body = b'{"id": "' + escaped + b'"}'
     for cut in range(len(body) + 1):
-        for chunks in ([body[:cut], body[cut:]], [body[:cut], *(body[i : i + 1] for i in range(cut, len(body)))]):
+        for chunks in (
+            [body[:cut], body[cut:]],
+            [body[:cut], *(body[i : i + 1] for i in range(cut, len(body)))],
+        ):
             reader = PathReader(WHERE, collect=("id",))
             read(reader, chunks)
             assert reader.first("id") == expected, (cut, chunks)
@@ -253,6 +257,7 @@ def test_the_whole_document_is_collected_by_the_empty_path(body: bytes) -> None:
     read(reader, [body])
     assert reader.complete
     assert reader.first("") == json.loads(body)
+
 
 # --- PathReader: items ---------------------------------------------------------------------------
 
@@ -464,15 +469,45 @@ def test_text_lines_are_the_same_however_the_bytes_are_chunked(
 
     lines = list(text_lines(iter(chunks)))
 
-    # The lines of the whole text (only "\n" ends a line; ends kept), without the byte order mark
-    expected = list(io.StringIO(text if bom else text.removeprefix("\ufeff"), newline="\n"))
+    # The lines of the whole text as the csv module's docs ask to read them ("\n", "\r\n" or a lone
+    # "\r" ends a line; ends kept), without the byte order mark
+    expected = list(io.StringIO(text if bom else text.removeprefix("\ufeff"), newline=""))
     assert lines == expected
-    assert all(line.endswith("\n") for line in lines[:-1])
-    assert all("\n" not in line[:-1] for line in lines)
+    assert all(line.endswith(("\n", "\r")) for line in lines[:-1])
+    assert all("\n" not in line[:-1] and "\r" not in line[:-2] for line in lines)
 
 
 def test_text_lines_drop_a_bom_cut_into_single_bytes() -> None:
     assert list(text_lines(iter([b"\xef", b"\xbb", b"\xbf", b"a\n", b"\xe2\x82", b"\xac"]))) == ["a\n", "€"]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b"a\rb\r\nc\n\rd\r"], ["a\r", "b\r\n", "c\n", "\r", "d\r"]),
+        ([b"a\r", b"\nb"], ["a\r\n", "b"]),  # a '\r' last in a chunk waits for what follows
+        ([b"a\r", b"", b"\nb"], ["a\r\n", "b"]),
+        ([b"a\r", b"\xc3", b"\xa9"], ["a\r", "é"]),  # nothing decoded yet: still waiting
+        ([b"a\r", b"\r"], ["a\r", "\r"]),
+        ([b"a\r", b"b\r", b"\r\n"], ["a\r", "b\r", "\r\n"]),
+        ([b"a", b"b\r"], ["ab\r"]),
+        ([b"\xef\xbb", b"\xbf\r", b"\n\r"], ["\r\n", "\r"]),
+    ],
+)
+def test_text_lines_end_at_a_lone_cr_too(chunks: list[bytes], lines: list[str]) -> None:
+    assert list(text_lines(iter(chunks))) == lines
+    assert lines == list(io.StringIO(b"".join(chunks).decode("utf-8-sig"), newline=""))
+
+
+@pytest.mark.parametrize("body", [b"\xef", b"\xef\xbb"])
+def test_text_lines_refuse_a_body_that_is_the_start_of_a_bom(body: bytes) -> None:
+    """utf-8-sig's incremental decoder keeps such bytes back, waiting for the rest of a BOM, and
+    says nothing at the end; they are no UTF-8 text."""
+    with pytest.raises(UnicodeDecodeError, match="unexpected end of data"):
+        list(text_lines(iter([body])))
+    records = DelimitedRecords(iter([body]), WHERE, keep_bytes=False)
+    with pytest.raises(UpstreamProtocolError, match="not delimited UTF-8 text"):
+        records.read_header()
 
 
 # --- delimited records ---------------------------------------------------------------------------
@@ -564,6 +599,30 @@ def test_blank_lines_are_no_rows_unless_there_is_one_column() -> None:
     assert one.item_count == 3
 
 
+@pytest.mark.parametrize(
+    ("chunks", "header", "rows"),
+    [
+        ([b"a\r\r"], ["a"], [[""]]),  # one column: a blank line ended by a lone '\r' is a row
+        ([b"a\r", b"\r"], ["a"], [[""]]),
+        ([b"a\r", b"1\r\r2\r"], ["a"], [["1"], [""], ["2"]]),
+        ([b"a,b\r1,2\r\r3,4"], ["a", "b"], [["1", "2"], ["3", "4"]]),
+        ([b'a,b\r1,"x\ry"\r'], ["a", "b"], [["1", "x\ry"]]),  # a '\r' inside quotes is the value's
+        ([b'a,b\r\n1,"x\r', b'\ny"\r\n'], ["a", "b"], [["1", "x\r\ny"]]),
+        ([b"a\tb\r1\t2"], ["a\tb"], [["1\t2"]]),  # the delimiter is ",": one column
+    ],
+)
+def test_a_lone_cr_ends_a_record_as_the_csv_module_reads_it(
+    chunks: list[bytes], header: list[str], rows: list[list[str]]
+) -> None:
+    read = list(csv.reader(io.StringIO(b"".join(chunks).decode(), newline="")))
+    assert read[0] == header
+    assert [record or [""] for record in read[1:] if record or len(header) == 1] == rows
+    records = DelimitedRecords(iter(chunks), WHERE, keep_bytes=False)
+    assert records.read_header() == header
+    assert list(records.rows()) == rows
+    assert records.item_count == len(rows)
+
+
 def test_an_empty_body_has_an_empty_header_and_no_rows() -> None:
     records = DelimitedRecords(iter([]), WHERE, keep_bytes=False)
     assert records.read_header() == []
@@ -638,6 +697,146 @@ def test_a_document_nesting_up_to_the_cap_is_read() -> None:
     item = json.loads("[" * depth + "]" * depth)
     body = b'{"result": {"nodes": [' + json.dumps(item).encode() + b"]}}"
     assert read(items_reader(), [body]) == [item]
+
+
+# --- the cap in the rows -------------------------------------------------------------------------
+
+TOO_DEEP = f"nests deeper than {MAX_NESTING} levels"
+# Where the rows lie: the path, the document around them, and the levels a row may take there
+# (MAX_NESTING less the containers it lies in, the array of rows among them).
+ROWS_AT: dict[str, tuple[Callable[[list[Any]], Any], int]] = {
+    "values": (lambda values: {"id": "a", "values": values}, MAX_NESTING - 2),
+    "result.page.values": (lambda values: {"result": {"page": {"values": values}}}, MAX_NESTING - 4),
+}
+
+
+def _nesting(levels: int) -> list[Any]:
+    """A row nesting ``levels`` levels, itself included: lists and objects in turn below it."""
+    value: Any = 1
+    for level in range(levels - 1):
+        value = {"k": value} if level % 2 else [value]
+    return [value]
+
+
+def _cut(body: bytes, size: int) -> list[bytes]:
+    return [body[start : start + size] for start in range(0, len(body), size)]
+
+
+def _compact(document: Any) -> bytes:
+    """Rows side by side as "],[": what the block path decodes."""
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("path", sorted(ROWS_AT))
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_a_row_may_nest_up_to_the_cap_wherever_the_rows_lie(path: str, extra: int, chunk_size: int) -> None:
+    """The cap counts the containers the rows lie in, as for any other part of an answer: a
+    document nesting exactly MAX_NESTING levels is read, one level more is refused."""
+    around, room = ROWS_AT[path]
+    flat: list[list[Any]] = [[1, "a"], [2, ["b", "c"]]]
+    rows = [*flat, _nesting(room + extra), *flat]
+    document = around(rows)
+    assert nesting_depth(document) == MAX_NESTING + extra
+    reader = PathReader(WHERE, rows=path)
+    if extra:
+        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
+            read(reader, _cut(_compact(document), chunk_size))
+    else:
+        assert read(reader, _cut(_compact(document), chunk_size)) == rows
+
+
+@pytest.mark.parametrize("kept", [True, False])
+@pytest.mark.parametrize("dumps", [json.dumps, _compact], ids=["default", "compact"])
+@pytest.mark.parametrize("bare", [False, True], ids=["with values", "brackets only"])
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("room", [None, 3, 1])
+def test_array_rows_hold_each_row_to_its_room(
+    kept: bool, dumps: Callable[[Any], Any], bare: bool, extra: int, room: int | None
+) -> None:
+    """ArrayRows() reads an array that is the document: a row may take MAX_NESTING - 1 levels.
+    Brackets only, the row is as short as its levels allow (a shorter one is never checked)."""
+    reader = ArrayRows() if room is None else ArrayRows(room=room)
+    levels = (MAX_NESTING - 1 if room is None else room) + extra
+    values = [[1], json.loads("[" * levels + "]" * levels) if bare else _nesting(levels), [2]]
+    text = dumps(values)[1:]
+    text = text if isinstance(text, bytes) else text.encode()
+    rows: list[list[Any]] | None = [] if kept else None
+    if extra:
+        with pytest.raises(RowTooDeep, match=TOO_DEEP):
+            reader.feed(text, rows)
+    else:
+        assert reader.feed(text, rows) == 3
+        assert reader.done
+        assert rows in (values, None)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("deep_part", ["before the big cell", "after the big cell"])
+@pytest.mark.parametrize("chunk_size", [3, 4096])
+def test_a_deep_row_arriving_in_many_chunks_is_held_to_the_cap(
+    extra: int, deep_part: str, chunk_size: int
+) -> None:
+    """A row longer than a chunk is checked once whole, by the brackets ValueEnd counted while its
+    text arrived (in chunks of 4096 bytes its deepest levels are skipped by one match, not counted
+    one by one)."""
+    room = ROWS_AT["values"][1]
+    nest, cell = _nesting(room - 1 + extra), "x" * 20_000
+    row = [nest, cell] if deep_part.startswith("before") else [cell, nest]
+    rows = [[1], row, [2]]
+    assert nesting_depth(row) == room + extra
+    chunks = _cut(_compact({"values": rows}), chunk_size)
+    if extra:
+        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
+            read(rows_reader(), chunks)
+    else:
+        assert read(rows_reader(), chunks) == rows
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("multi_valued", [False, True])
+@pytest.mark.parametrize("chunk_size", [64 * 1024, 1 << 22])
+def test_a_deep_row_among_many_flat_rows_is_held_to_the_cap(
+    extra: int, multi_valued: bool, chunk_size: int
+) -> None:
+    """A deep row in a block of rows decoded in one scan: the brackets of the block allow it, so
+    the rows are walked (as they are at every block when each row has a multi-valued field)."""
+    flat = [
+        ["2024-01-01T00:00:00.000Z", index, ["a", "b"] if multi_valued else "host-17", None]
+        for index in range(3000)
+    ]
+    rows = [*flat[:1000], _nesting(ROWS_AT["values"][1] + extra), *flat[1000:]]
+    chunks = _cut(_compact({"values": rows}), chunk_size)
+    if extra:
+        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
+            read(rows_reader(), chunks)
+    else:
+        assert read(rows_reader(), chunks) == rows
+
+
+@pytest.mark.parametrize("chunk_size", [4096, 1 << 22])
+def test_a_row_past_the_json_modules_recursion_limit_is_too_deep(chunk_size: int) -> None:
+    """The json module's C scanner raises RecursionError some thousands of levels down: the row is
+    refused as too deep all the same."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
+        read(rows_reader(), _cut(b'{"values": [[1],' + deep + b"]}", chunk_size))
+
+
+NESTED = st.recursive(
+    ROW_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@SETTINGS
+@given(rows=st.lists(st.lists(NESTED, max_size=3), min_size=1, max_size=4), room=st.integers(0, 10))
+def test_the_depth_walk_is_nesting_depth(rows: list[list[Any]], room: int) -> None:
+    """The walk of rows that text allowed too deep agrees with models.nesting_depth (empty lists
+    and objects too: they are levels, with nothing in them)."""
+    rows = json.loads(json.dumps(rows))  # as the decoder builds them
+    assert _deeper_than(rows, room) == (max(map(nesting_depth, rows)) > room)
 
 
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400"])

@@ -35,7 +35,7 @@ import ijson.utils
 from query_relay.exceptions import UpstreamProtocolError
 from query_relay.models import MAX_NESTING
 from query_relay.upstream.errors import Where, first_line
-from query_relay.upstream.rows import ArrayRows, NotRows
+from query_relay.upstream.rows import ArrayRows, NotRows, RowTooDeep
 
 
 def _fastest_backend() -> Any:
@@ -322,6 +322,8 @@ class PathReader:
     def _row_errors(self) -> Iterator[None]:
         try:
             yield
+        except RowTooDeep:
+            raise self.protocol_error(f"the {self._what} nests deeper than {MAX_NESTING} levels") from None
         except NotRows as not_rows:
             raise self.protocol_error(
                 f"'{self._rows_name}' holds something other than rows ({not_rows.event})"
@@ -392,7 +394,7 @@ class PathReader:
             if event == "start_array" and name == self._rows:
                 if self.before_rows is not None:
                     self.before_rows()
-                self._row_text, self.in_rows = ArrayRows(), True
+                self._row_text, self.in_rows = ArrayRows(room=MAX_NESTING - len(self._open)), True
         elif not self._open:
             self.complete = True  # a document that is one scalar
 

@@ -8,11 +8,17 @@ being decoded on is kept, so memory stays bounded by one row and one chunk.
 A row longer than a chunk (one cell of 100 MB) is decoded once, when its end has arrived: until then
 its text is kept in pieces and only the new text is scanned for that end (``ValueEnd``). Decoding it
 again at every chunk would cost time in the square of its size (issue 13: 142 s for 128 MB).
+
+Rows are held to MAX_NESTING as every other part of an answer is, at almost no cost: rows nest no
+deeper than the brackets in their text allow, which C-speed counts tell (for a row that arrived in
+pieces, what ``ValueEnd`` counted of them); only when those allow too deep a row are the decoded
+rows walked (``_deeper_than``).
 """
 
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import json.decoder
 import json.scanner
@@ -20,6 +26,8 @@ import math
 import re
 from collections.abc import Callable
 from typing import Any
+
+from query_relay.models import MAX_NESTING
 
 
 def _no_constants(name: str) -> Any:
@@ -84,18 +92,23 @@ class ValueEnd:
 
     It does not check the text: it says only when decoding the value may succeed (``feed`` is
     True), and whether the value's text is then all there (``whole``: a decoder that still finds the
-    value cut short finds it wrong), which it also is at a character no JSON has outside strings."""
+    value cut short finds it wrong), which it also is at a character no JSON has outside strings.
+
+    ``deepest`` is the deepest the brackets it counted itself went (the value's own is 1): what a
+    match skips nests at most ``_SKIPPED_LEVELS`` below, so a value that decodes nests at most
+    ``deepest + _SKIPPED_LEVELS`` levels."""
 
     def __init__(self, text: str, pos: int) -> None:
         """The value starts at ``text[pos]`` (not whitespace); the text after it is scanned too."""
         self.whole = False
+        self.deepest = 0
         self._depth = 0
         self._in_string = False
         self._carry = ""  # an escape cut by the end of the text, to scan again with the next text
         self._scalar = False  # a number or a literal: any more text may end it
         first = text[pos : pos + 1]
         if first in ("[", "{"):
-            self._depth = 1
+            self._depth = self.deepest = 1
         elif first == '"':
             self._in_string = True
         else:
@@ -133,6 +146,7 @@ class ValueEnd:
                 self._in_string = True
             elif char in "[{":
                 depth += 1
+                self.deepest = max(self.deepest, depth)
             elif char in "]}":
                 depth -= 1
                 if depth == 0:
@@ -173,9 +187,16 @@ class ValueEnd:
 class ArrayRows:
     """An array of rows (arrays), from just after its ``[``, such as ES|QL's ``values``. Rows are
     decoded whole by the json module's C scanner (what ``JSONDecoder.raw_decode`` runs). Only the
-    text from the row being decoded on is kept, so memory stays bounded by one row and one chunk."""
+    text from the row being decoded on is kept, so memory stays bounded by one row and one chunk.
 
-    def __init__(self) -> None:
+    A row may nest ``room`` levels, itself included (``RowTooDeep`` past them): ``MAX_NESTING``
+    less the levels of the containers the rows lie in, the array of rows among them (one level when
+    it is the document)."""
+
+    def __init__(self, room: int = MAX_NESTING - 1) -> None:
+        self._room = room
+        # A row of at most this many characters nests at most room levels (each takes a "[" and a "]").
+        self._short_row = 2 * room + 1
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._text = ""
         self._pos = 0
@@ -253,6 +274,8 @@ class ArrayRows:
             row, after = decoded
             if type(row) is not list:
                 raise NotRows(_event_name(row))
+            if after - pos > self._short_row and not self._shallow_by_end():
+                self._check_depth([row], text, pos, after)
             if surrogates:
                 row = _without_lone_surrogates(row)
             if rows is not None:
@@ -274,6 +297,8 @@ class ArrayRows:
                 return _scan_row(text, pos)
             except StopIteration as missing:  # how the scanner says "Expecting value" at an index
                 raise json.JSONDecodeError("Expecting value", text, missing.value) from None
+            except RecursionError:  # nested thousands of levels deep: far past any room
+                raise RowTooDeep from None
         except json.JSONDecodeError as error:
             cut_short = error.pos >= len(text) - _CUT_SHORT_MARGIN or error.msg.startswith("Unterminated")
             if final or not cut_short:
@@ -310,17 +335,52 @@ class ArrayRows:
             self._skip_blocks = min(2**self._block_misses - 1, _MAX_SKIPPED_BLOCKS)
             return 0, pos
         self._block_misses = 0
+        self._check_depth(block, text, pos, cut + 1)
         if surrogates:
             block = [_without_lone_surrogates(row) for row in block]
         rows += block
         self._expect_row, self._first = False, False
         return len(block), cut + 1
 
+    def _shallow_by_end(self) -> bool:
+        """Whether the row just decoded from pieces nests within the room by what ``ValueEnd``
+        counted of its brackets while its text arrived (no count over the text of a huge row)."""
+        end = self._end
+        return end is not None and end.deepest + _SKIPPED_LEVELS <= self._room
+
+    def _check_depth(self, rows: list[Any], text: str, start: int, end: int) -> None:
+        """Raise RowTooDeep if one of ``rows``, decoded from ``text[start:end]``, nests deeper than
+        the room. No row holds more containers than the brackets of that text beyond the rows' own
+        (those in strings count too: the bound is only looser), so the rows are walked only when
+        those brackets would allow too deep a row: never for flat rows (two C-speed counts; a search
+        for "{" spares the second count when there is none)."""
+        inner = text.count("[", start, end) - len(rows)
+        if text.find("{", start, end) >= 0:
+            inner += text.count("{", start, end)
+        if 1 + inner > self._room and _deeper_than(rows, self._room):
+            raise RowTooDeep
+
     def _finish_values(self, text: str, after: int) -> None:
         self.done = True
         pending, _ = self._decoder.getstate()
         self.rest = text[after:].encode() + pending
         self._text, self._pos = "", 0
+
+
+def _deeper_than(rows: list[list[Any]], room: int) -> bool:
+    """Whether one of ``rows`` nests deeper than ``room`` levels, itself included: walked a level
+    at a time, no recursion however deep. ``gc.get_referents`` hands out the values that the lists
+    and dicts of a level hold (their tp_traverse visits every item and value; a scalar has nothing
+    to hand out) in one C call, three times faster than a comprehension over the values: this
+    matters, as rows with a multi-valued field each are walked at every block (their brackets allow
+    a level per row)."""
+    level: list[Any] = rows  # the values one level down, then two, ...
+    for _ in range(room):
+        level = gc.get_referents(*level)
+        if not level:  # nothing below: no container deeper than the levels walked
+            return False
+    # Values lie room + 1 levels down: too deep if one of them is a container (even an empty one).
+    return any(value.__class__ is list or value.__class__ is dict for value in level)
 
 
 def _without_lone_surrogates(value: Any) -> Any:
@@ -331,6 +391,13 @@ def _without_lone_surrogates(value: Any) -> Any:
     if isinstance(value, dict):
         return {_without_lone_surrogates(key): _without_lone_surrogates(item) for key, item in value.items()}
     return value
+
+
+class RowTooDeep(ValueError):
+    """A row nests deeper than its room allows: the document it is in, deeper than MAX_NESTING."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a row nests deeper than {MAX_NESTING} levels")
 
 
 class NotRows(ValueError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
@@ -19,6 +21,20 @@ from typing import Any, Generic, Protocol, TypeVar
 import httpx
 
 from query_relay.upstream.errors import Where, json_object, read_error_body
+
+# The csv module refuses a field longer than ``csv.field_size_limit()`` (131,072 characters unless
+# raised), and that limit is the whole process's. A result's cell has no bound of its own: the JSON
+# readers take a cell of any size (128 MB in bench/cells.py), only the memory of the function
+# reading it bounds it. So a delimited cell has none either: the limit is raised here, once, when
+# this module is imported, to the largest the csv module takes (a C long: sys.maxsize where it is
+# 64 bits, as on Lambda), and never lowered (a higher one set elsewhere stays). Nothing else in
+# query_relay reads csv (results.py only writes it, which the limit does not touch).
+CSV_FIELD_MAX_CHARS = sys.maxsize
+try:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_MAX_CHARS))
+except OverflowError:  # pragma: no cover - a C long of 32 bits (Windows)
+    CSV_FIELD_MAX_CHARS = 2**31 - 1
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_MAX_CHARS))
 
 
 class PushReader(Protocol):
@@ -106,23 +122,39 @@ def small_object(response: httpx.Response, where: Where) -> dict[str, Any]:
 
 
 def text_lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    """UTF-8 text lines (ends kept, BOM dropped) from byte chunks, for the csv module. Only
-    '\\n' splits: the csv reader itself joins the lines of a quoted value. A line many chunks long
-    is kept in pieces and joined once it ends: only the new text is searched for '\\n' (issue 13:
+    """UTF-8 text lines (ends kept, BOM dropped) from byte chunks, for the csv module: the lines
+    ``io.StringIO(text, newline="")`` reads from the whole text, each ended by '\\n', '\\r\\n' or
+    a lone '\\r' (the csv reader itself joins the lines of a quoted value, and reads a record the same
+    only if the lines are cut where that reader cuts them). A line many chunks long is kept in
+    pieces and joined once it ends: only the new text is searched for line ends (issue 13:
     splitting all the text kept at every chunk took time in the square of the line's length)."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending: list[str] = []  # the line begun and not ended yet, in pieces
     for chunk in chunks:
-        *lines, rest = decoder.decode(chunk).split("\n")
+        text = decoder.decode(chunk)
+        if not text:
+            continue
+        if pending and pending[-1].endswith("\r") and text[0] != "\n":
+            yield "".join(pending)  # a lone '\r' ended it
+            pending = []
+        if "\r" in text:  # a '\r\n' or lone '\r' line end, maybe: cut as StringIO cuts (in C)
+            lines = io.StringIO(text, newline="").readlines()
+            rest = "" if lines[-1].endswith("\n") else lines.pop()  # a '\r' last waits for a '\n'
+            end = ""
+        else:  # the most common case, cut quicker
+            *lines, rest = text.split("\n")
+            end = "\n"
         if lines:
             first, *lines = lines
-            yield "".join((*pending, first, "\n"))
+            yield "".join((*pending, first, end))
             pending = []
             for line in lines:
-                yield line + "\n"
+                yield line + end
         if rest:
             pending.append(rest)
     pending.append(decoder.decode(b"", final=True))
+    if unread := decoder.getstate()[0]:  # utf-8-sig keeps back a body's first bytes that begin a BOM
+        raise UnicodeDecodeError("utf-8", unread, 0, len(unread), "unexpected end of data")
     if last := "".join(pending):
         yield last
 
@@ -171,7 +203,7 @@ class DelimitedRecords:
 
     @contextmanager
     def _text_errors(self) -> Iterator[None]:
-        """Bytes that are not UTF-8, or a value past the csv module's field limit: not delimited text."""
+        """Bytes that are not UTF-8, or text the csv module refuses: not delimited text."""
         try:
             yield
         except (UnicodeDecodeError, csv.Error) as error:

@@ -4,7 +4,9 @@ error envelope.
 
 Every answer is read as a stream by a ``PathReader``: Submit reads only as far as it needs to
 tell "running" from "finished", Poll only the headers (or the first fields), and the rows of
-``values`` flow on chunk by chunk, decoded a block at a time (query_relay.upstream.rows).
+``values`` flow on chunk by chunk, decoded a block at a time (query_relay.upstream.rows). An
+answer whose ``values`` come before its ``columns`` is refused in every output format, however its
+bytes were cut (``reader``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,12 @@ def header_is_running(headers: httpx.Headers) -> bool | None:
 
 
 def reader(where: Where, *, keep_rows: bool) -> PathReader:
-    """A reader of one answer; rows are kept (or only counted) as ``values`` streams by."""
+    """A reader of one answer; rows are kept (or only counted) as ``values`` streams by.
+
+    ``columns`` must come before ``values`` (ES writes them so): an answer whose ``values`` open
+    first is refused the moment they open, whether the rows are kept or only counted (``native``).
+    The rule is about the place in the document, so the outcome never depends on where the bytes
+    were cut (a check of what had been read by the end of some chunk would)."""
     answer = PathReader(
         where,
         rows="values",
@@ -56,13 +63,12 @@ def reader(where: Where, *, keep_rows: bool) -> PathReader:
         keep_items=keep_rows,
         object_only=True,
     )
-    if keep_rows:
 
-        def columns_first() -> None:
-            if not answer.has("columns"):
-                raise answer.protocol_error("'values' arrived before 'columns'")
+    def columns_first() -> None:
+        if not answer.has("columns"):
+            raise answer.protocol_error("'values' arrived before 'columns'")
 
-        answer.before_rows = columns_first
+    answer.before_rows = columns_first
     return answer
 
 

@@ -4,6 +4,15 @@ value, which errors of a result are errors, and what a column's type is.
 
 Results are never loaded whole: JSON is read by a ``PathReader`` (rows built, or only counted
 once the first one named the columns), delimited text by ``DelimitedRecords``.
+
+A JSON result's columns depend on the document alone, never on where its bytes were cut into
+chunks. They are decided at the first row, from what lies before it in the document: the row's
+keys, in its order, typed by json_detail's ``fields`` metadata when ``fields`` comes before the
+array of rows (as Looker writes it), else (and for a name the metadata lacks) guessed from the
+row's values. A result without rows has been read to its end when the columns are decided: the
+query's field names, else the metadata's in its order, typed by the metadata wherever it lies.
+The head is read until the first row, or until ``errors`` holds an error (the query failed);
+``errors`` holding only warnings ends nothing early.
 """
 
 from __future__ import annotations
@@ -146,9 +155,36 @@ def failure_reason(body: bytes) -> str:
 # --- JSON results --------------------------------------------------------------------------------
 
 
-def json_reader(where: Where, result_format: str) -> PathReader:
+class ResultReader(PathReader):
+    """A reader of a JSON result: its rows, json_detail's ``errors`` and ``fields``, and whether
+    ``fields`` lies before the rows in the document (``fields_first``: decided when the array of
+    rows opens, None until then). Until then chunks are fed in slices that end at a ``[``, so that
+    the one opening the rows is the last byte read when it is decided, wherever the chunks end."""
+
+    def __init__(self, where: Where, result_format: str) -> None:
+        rows = JSON_ROWS[result_format]
+        self._rows_array = rows.removesuffix("item").removesuffix(".")  # "" (json): the document
+        marks = (self._rows_array,) if self._rows_array else ()
+        super().__init__(where, items=(rows,), collect=("errors", "fields"), marks=marks, what="result")
+        self.fields_first: bool | None = None
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        if self.fields_first is not None or not self._rows_array:
+            return super().feed(chunk)
+        found: list[Any] = []
+        start = 0
+        while (bracket := chunk.find(b"[", start)) >= 0:
+            found += super().feed(chunk[start : bracket + 1])
+            start = bracket + 1
+            if self._rows_array in self.opened:
+                self.fields_first = self.has("fields")
+                break
+        return found + super().feed(chunk[start:])  # an empty slice reads nothing
+
+
+def json_reader(where: Where, result_format: str) -> ResultReader:
     """A reader of a JSON result: its rows, and json_detail's ``errors`` and ``fields``."""
-    return PathReader(where, items=(JSON_ROWS[result_format],), collect=("errors", "fields"), what="result")
+    return ResultReader(where, result_format)
 
 
 def raise_query_errors(reader: PathReader, where: Where) -> None:
@@ -157,10 +193,15 @@ def raise_query_errors(reader: PathReader, where: Where) -> None:
         raise UpstreamQueryFailed(f"looker query failed: {'; '.join(messages)[:REASON_LIMIT]} [{where}]")
 
 
-def columns(first_row: Any, reader: PathReader, known_fields: list[str] | None) -> list[Column]:
-    """The columns: the first row's keys (typed by json_detail's ``fields`` where it has them),
-    else the query's fields when the result has no row."""
-    types = _metadata_types(reader.first("fields"))
+def columns(first_row: Any, reader: ResultReader, known_fields: list[str] | None) -> list[Column]:
+    """The columns (see the module's doc), once the head is read: the first row's keys, typed by
+    json_detail's ``fields`` if it came before the rows, else from the row's values; with no row
+    (the result was read to its end), the query's fields, else the metadata's names, typed by the
+    metadata wherever it lies."""
+    # With a row read, only metadata from before the rows counts: what follows them may or may not
+    # have arrived with the chunk that held the first row.
+    metadata = reader.first("fields") if reader.fields_first or reader.item_count == 0 else None
+    types = _metadata_types(metadata)
     if isinstance(first_row, dict):
         return [
             Column(name=name, type=types.get(name) or _value_type(cell_value(value)))
@@ -239,10 +280,11 @@ def result(
 def _json_result(
     response: httpx.Response, where: Where, result_format: str, native: bool, fields: list[str] | None
 ) -> FetchedResult:
-    """Read as far as the first row (to know the columns); the rest flows on as rows or bytes."""
+    """Read as far as the first row (to know the columns), or the end when there is none; the rest
+    flows on as rows or bytes. ``errors`` holding an error fails the query as soon as it is read."""
     reader = json_reader(where, result_format)
     streamed = StreamedAnswer(response, reader, where)
-    streamed.read_until(lambda read: read.item_count > 0 or read.has("errors"))
+    streamed.read_until(lambda read: read.item_count > 0 or bool(query_errors(read.first("errors"))))
     raise_query_errors(reader, where)
     found = columns(next(iter(streamed.head), None), reader, fields)
     if native:
