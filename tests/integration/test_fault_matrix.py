@@ -494,8 +494,10 @@ def test_a_looker_token_expiring_mid_job_is_renewed_and_the_job_succeeds(
 def test_a_looker_token_refused_again_after_renewal_fails_upstream_auth_failed(
     stack: LocalStack, upstream: Upstream
 ) -> None:
-    # Given Looker refusing the token on a poll, and the renewed one too
-    upstream.prepare("poll")
+    # Given Looker refusing the token on a poll, and the renewed one too; the query runs long enough
+    # that Cleanup finds it running however slowly a loaded machine gets there (it ran 2 s once, and
+    # was complete before Cleanup came to kill it)
+    upstream.set_query_seconds(60)
     upstream.arm("poll", status=401, times=2)
     # When the job runs
     final, _ = run_job(stack, upstream.job("token-refused-1"), timeout=60)
