@@ -8,6 +8,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+# Python packages come from uv.lock (the app: runtime, `local` and `dev` extras) and tools/uv.lock
+# (SAM CLI, in an environment of its own); uv itself, pinned, is bootstrapped with pip.
+UV_VERSION := 0.13.9
+UV := .uv/bin/uv
+TOOLS := .tools/bin
+TOOLS_STAMP := .tools/.installed
+export UV_PYTHON_DOWNLOADS := never
 
 # Lambda runs python3.13; `sam build` needs that interpreter on PATH. Find one that really runs
 # (a pyenv shim for an inactive version does not), else stop with a clear message.
@@ -17,12 +24,12 @@ PYTHON313 := $(shell for candidate in python3.13 $$(pyenv root 2>/dev/null)/vers
 	  "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null || continue; \
 	  "$$candidate" -c 'import sys; print(sys.executable)'; break; done)
 
-.PHONY: help python313 venv demo test lint typecheck unit integration contract fuzz validate asl build local-invoke bench clean
+.PHONY: help python313 venv tools lock demo test lint typecheck unit integration contract fuzz validate asl build local-invoke bench clean
 
 help:
 	@echo "make demo      install everything and run a sample query through the local stack"
 	@echo "make test      install everything and run every test and check"
-	@echo "make lint | typecheck | fuzz | validate | asl | build | bench | clean"
+	@echo "make lint | typecheck | fuzz | validate | asl | build | bench | lock | clean"
 
 python313:
 	@if [ -z "$(PYTHON313)" ]; then \
@@ -30,13 +37,31 @@ python313:
 	  echo "       install it, e.g. 'pyenv install 3.13' or your distribution's python3.13 package." >&2; \
 	  exit 1; fi
 
-$(STAMP): pyproject.toml layers/core/requirements.txt | python313
-	@[ -x $(BIN)/python ] || $(PYTHON313) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV): | python313
+	$(PYTHON313) -m venv .uv
+	.uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Exactly what uv.lock says (the project itself editable), nothing else: a package left from an
+# older lock is removed.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON313)
 	@touch $@
 
 venv: $(STAMP)
+
+$(TOOLS_STAMP): tools/pyproject.toml tools/uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/.tools $(UV) sync --frozen --project tools --python $(PYTHON313)
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+
+# After changing a requirement in pyproject.toml or tools/pyproject.toml: resolve both locks again
+# and write the layer's requirements from uv.lock (the runtime only; tests/template keeps them in step).
+lock: $(UV)
+	$(UV) lock --python $(PYTHON313)
+	$(UV) lock --project tools --python $(PYTHON313)
+	$(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-annotate --python $(PYTHON313) \
+	  --output-file layers/core/requirements.txt
 
 $(NPM_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -66,15 +91,15 @@ integration: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/pytest tests/integration/test_api_fuzz.py -q
 
-# sam and cfn-lint come from the .venv; PATH holds python3.13 for sam's workflow checks.
-validate: $(STAMP)
-	PATH="$(dir $(PYTHON313)):$$PATH" $(BIN)/sam validate --lint --region us-east-1
+# sam (and the cfn-lint it lints with) come from .tools; PATH holds python3.13 for sam's workflow checks.
+validate: $(TOOLS_STAMP)
+	PATH="$(dir $(PYTHON313)):$$PATH" $(TOOLS)/sam validate --lint --region us-east-1
 
 asl: $(NPM_STAMP)
 	npx --no-install asl-validator --json-path statemachine/query.asl.json
 
-build: $(STAMP)
-	PATH="$(dir $(PYTHON313)):$$PATH" $(BIN)/sam build --parallel
+build: $(TOOLS_STAMP)
+	PATH="$(dir $(PYTHON313)):$$PATH" $(TOOLS)/sam build --parallel
 
 test: lint typecheck asl validate
 	$(BIN)/pytest -n 2 --dist loadgroup -q
@@ -84,7 +109,7 @@ test: lint typecheck asl validate
 FUNCTION ?= SubmitFunction
 EVENT ?= events/submit.json
 local-invoke: build
-	$(BIN)/sam local invoke $(FUNCTION) --event $(EVENT)
+	$(TOOLS)/sam local invoke $(FUNCTION) --event $(EVENT)
 
 # Prints figures (no pass/fail thresholds in `make test`); see README "Performance".
 bench: $(STAMP)
@@ -94,4 +119,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fetch
 
 clean:
-	rm -rf $(VENV) node_modules .aws-sam .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .uv .tools node_modules .aws-sam .mypy_cache .pytest_cache .ruff_cache

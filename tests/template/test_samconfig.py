@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from typing import Any
 
 import pytest
-from samcli.cli.types import CfnParameterOverridesType
 
 from query_relay_local import template as local_template
 from query_relay_local.iam import sam_translate
@@ -173,13 +173,29 @@ def test_every_overridden_parameter_exists_with_an_allowed_value(
     assert not problems, problems
 
 
+# SAM CLI lives in an environment of its own (tools/, `make tools`): its parser runs there.
+SAM_PARSES = """
+import json, sys
+from samcli.cli.types import CfnParameterOverridesType
+convert = CfnParameterOverridesType().convert
+print(json.dumps([convert(values, None, None) for values in json.load(sys.stdin)]))
+"""
+
+
 def test_sam_cli_reads_the_overrides_as_this_test_does(samconfig: dict[str, Any]) -> None:
-    for env, command, value in all_overrides(samconfig):
-        values = [value] if isinstance(value, str) else list(value)
-        assert CfnParameterOverridesType().convert(values, None, None) == parse_overrides(value), (
-            env,
-            command,
-        )
+    tools_python = ROOT / ".tools/bin/python"
+    assert tools_python.exists(), "no SAM CLI environment: run `make tools`"
+    overrides = list(all_overrides(samconfig))
+    values = [[value] if isinstance(value, str) else list(value) for _, _, value in overrides]
+    parsed = subprocess.run(
+        [str(tools_python), "-c", SAM_PARSES],
+        input=json.dumps(values),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for (env, command, value), by_sam in zip(overrides, json.loads(parsed.stdout), strict=True):
+        assert by_sam == parse_overrides(value), (env, command)
 
 
 def test_dev_and_prod_differ_where_they_should(samconfig: dict[str, Any]) -> None:

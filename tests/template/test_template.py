@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,17 +234,44 @@ def test_functions_run_python313_on_arm64_with_the_core_layer(template: dict[str
     assert layer["Properties"]["ContentUri"] == "layers/core"
 
 
-def test_layer_requirements_match_the_project_runtime_dependencies() -> None:
-    def names(lines: list[str]) -> set[str]:
-        return {re.split(r"[\[<>=~ ]", line.strip(), maxsplit=1)[0].lower() for line in lines}
+def _uv() -> str:
+    """The uv the environment was synced with (the dev extra pins the Makefile's UV_VERSION)."""
+    uv = Path(sys.executable).parent / "uv"
+    assert uv.exists(), "no uv beside the test's python: run `make venv`"
+    return str(uv)
 
-    layer = [
-        line
-        for line in (ROOT / "layers/core/requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert names(layer) == names(project)
+
+def test_layer_requirements_are_the_locked_runtime() -> None:
+    # What the layer ships is what the tests ran: the runtime dependencies of uv.lock, pinned.
+    exported = subprocess.run(
+        [_uv(), "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "--no-annotate",
+         "--no-header", "--project", str(ROOT)],
+        capture_output=True, text=True, check=True, env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
+    ).stdout  # fmt: skip
+    written = (ROOT / "layers/core/requirements.txt").read_text()
+    pins = [line for line in written.splitlines() if line and not line.startswith("#")]
+    assert pins == [line for line in exported.splitlines() if line and not line.startswith("#")], (
+        "layers/core/requirements.txt is not uv.lock's runtime: run `make lock`"
+    )
+    assert all("==" in pin for pin in pins)
+
+
+def test_the_environment_is_the_lock() -> None:
+    # `uv sync --frozen` installed exactly uv.lock: nothing resolved on the fly, nothing missing.
+    checked = subprocess.run(
+        [_uv(), "sync", "--frozen", "--extra", "dev", "--check", "--project", str(ROOT)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_PROJECT_ENVIRONMENT": sys.prefix},
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_makefile_bootstraps_the_uv_the_lock_pins() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    bootstrapped = re.search(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert bootstrapped is not None
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    assert [p["version"] for p in lock["package"] if p["name"] == "uv"] == [bootstrapped.group(1)]
 
 
 def test_results_bucket_is_private_encrypted_and_tls_only(template: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -126,12 +126,10 @@ class SubmitOptions:
             self.on_started(upstream_id, state.dump())
 
 
-Q = TypeVar("Q", bound=BaseModel)
 T = TypeVar("T")
-S = TypeVar("S", bound=ProviderState)
 
 
-class Provider(abc.ABC, Generic[Q, S]):
+class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     name: ClassVar[str]
     # The model of this provider's ``query`` object in the job spec (unknown fields rejected).
     query_model: ClassVar[type[BaseModel]]
@@ -302,7 +300,7 @@ class Provider(abc.ABC, Generic[Q, S]):
     @abc.abstractmethod
     def _cancel(self, upstream_id: str, state: S) -> bool: ...
 
-    def _release(self, upstream_id: str, state: S) -> None:
+    def _release(self, upstream_id: str, state: S) -> None:  # noqa: B027 - an optional hook
         """Default: keep the result until the upstream expires it."""
 
 

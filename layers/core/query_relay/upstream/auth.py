@@ -40,7 +40,7 @@ class HeaderAuth(httpx.Auth):
     def __init__(self, value: str) -> None:
         self._value = value
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         request.headers["Authorization"] = self._value
         yield request
 
@@ -152,7 +152,7 @@ class TokenAuth(httpx.Auth):
         self._handed_out.add(cached)
         return cached
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         request.headers["Authorization"] = f"Bearer {self.token()}"
         yield request
 

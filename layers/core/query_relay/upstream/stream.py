@@ -16,7 +16,7 @@ import io
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import httpx
 
@@ -45,10 +45,7 @@ class PushReader(Protocol):
     def finish(self) -> list[Any]: ...
 
 
-R = TypeVar("R", bound=PushReader)
-
-
-class StreamedAnswer(Generic[R]):
+class StreamedAnswer[R: PushReader]:
     """One answer on the wire, parsed by ``reader`` (a ``PathReader``) as it is read."""
 
     def __init__(self, response: httpx.Response, reader: R, where: Where) -> None:

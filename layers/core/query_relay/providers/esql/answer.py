@@ -12,7 +12,7 @@ bytes were cut (``reader``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -28,7 +28,6 @@ from query_relay.upstream.stream import StreamedAnswer
 ASYNC_ID_HEADER = "X-Elasticsearch-Async-Id"
 ASYNC_IS_RUNNING_HEADER = "X-Elasticsearch-Async-Is-Running"
 _STRUCTURED_BOOLEANS = {"?1": True, "?0": False, "true": True, "false": False}
-T = TypeVar("T")
 
 
 def task_path(upstream_id: str) -> str:
@@ -124,7 +123,9 @@ def columns(answer: PathReader) -> list[Column]:
         raise answer.protocol_error("'columns' entries need a string 'name' and 'type'") from None
 
 
-def checked(items: Iterator[T], answer: PathReader, task_id: str | None, allow_partial: bool) -> Iterator[T]:
+def checked[T](
+    items: Iterator[T], answer: PathReader, task_id: str | None, allow_partial: bool
+) -> Iterator[T]:
     """``items`` (rows or bytes), then the check that the whole answer was a finished result, and
     a whole one unless the job allows partial results."""
     yield from items

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -45,7 +45,6 @@ EXTENSIONS = {
 # Where the rows of a JSON format sit, for reading them or counting them.
 JSON_ROWS = {"json": "item", "json_detail": "data.item", "json_bi": "rows.item"}
 DELIMITERS = {"csv": ",", "txt": "\t"}
-T = TypeVar("T")
 
 
 def quoted(identifier: str) -> str:
@@ -219,7 +218,7 @@ def row_values(
         yield [cell_value(row.get(name)) for name in names]
 
 
-def checked(items: Iterator[T], reader: PathReader, result_format: str) -> Iterator[T]:
+def checked[T](items: Iterator[T], reader: PathReader, result_format: str) -> Iterator[T]:
     """``items`` (rows or bytes), then the checks of the whole result: no query error, and the
     shape the format promises (json: an array of rows; the others: an object)."""
     yield from items
