@@ -4,7 +4,9 @@ that is heavy, and how big the built layer is unzipped.
     .venv/bin/python -m bench.cold_start [--repeat 5]
 
 Import time is the median over ``--repeat`` fresh processes (``python -X importtime``, handler
-loaded from its file as Lambda does). The layer is ``.aws-sam/build/CoreLayer`` (``make build``).
+loaded from its file as Lambda does), without tracing (the default) and with it (template
+parameter ``Tracing=Active``: Powertools' Tracer and the X-Ray SDK), in the same run. The layer is
+``.aws-sam/build/CoreLayer`` (``make build``).
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ _LOAD_HANDLER = (
 )
 
 
-def import_profile(handler_file: Path) -> tuple[float, dict[str, float]]:
+def import_profile(handler_file: Path, *, tracing: bool = False) -> tuple[float, dict[str, float]]:
     """(total seconds, cumulative seconds by top-level package) of importing one handler."""
+    environment = {key: value for key, value in os.environ.items() if key != "QUERY_RELAY_TRACING"}
+    environment |= _ENVIRONMENT | ({"QUERY_RELAY_TRACING": "Active"} if tracing else {})
     completed = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", _LOAD_HANDLER, str(handler_file)],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, **_ENVIRONMENT},
+        env=environment,
     )
     total = 0.0
     by_package: dict[str, float] = {}
@@ -75,15 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="fresh processes per handler (5)")
     args = parser.parse_args(argv)
-    print("cold start: handler import time (median of fresh processes) and its heaviest imports")
+    print("cold start: handler import time (median of fresh processes), without and with tracing,")
+    print("and the heaviest imports without it")
     for name in HANDLERS:
         handler_file = ROOT / "functions" / name / "app.py"
-        runs = [import_profile(handler_file) for _ in range(args.repeat)]
+        runs, traced = [], []
+        for _ in range(args.repeat):  # alternately, so that both see the same machine
+            runs.append(import_profile(handler_file))
+            traced.append(import_profile(handler_file, tracing=True)[0])
         total = statistics.median(total for total, _ in runs)
-        packages = runs[len(runs) // 2][1]
+        with_tracing = statistics.median(traced)
+        packages = sorted(runs, key=lambda run: run[0])[len(runs) // 2][1]
         heaviest = sorted(packages.items(), key=lambda item: item[1], reverse=True)[:TOP_PACKAGES]
         listed = ", ".join(f"{package} {seconds * 1000:.0f}" for package, seconds in heaviest)
-        print(f"  {name:8} {total * 1000:6.0f} ms   (ms: {listed})")
+        print(
+            f"  {name:8} {total * 1000:6.0f} ms, traced {with_tracing * 1000:6.0f} ms "
+            f"(+{(with_tracing - total) * 1000:.0f})   (ms: {listed})"
+        )
     if not LAYER.is_dir():
         print(f"layer: {LAYER.relative_to(ROOT)} is missing; run `make build` first")
         return 0

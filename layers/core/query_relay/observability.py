@@ -1,17 +1,56 @@
-"""Powertools Logger, Tracer and Metrics, created once and imported everywhere."""
+"""Powertools Logger, Tracer and Metrics, created once and imported everywhere.
+
+X-Ray tracing is opt-in (template parameter ``Tracing``, handed to the functions as
+``QUERY_RELAY_TRACING``): Powertools' Tracer imports the X-Ray SDK as it is created, even when
+disabled, which is about 120 ms of every cold start (README "Cold start"). Without tracing the
+handlers are decorated by ``Untraced``, which imports nothing.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Protocol, TypeVar, cast
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
+
+H = TypeVar("H", bound=Callable[..., object])
 
 SERVICE = "query-relay"
 # template.yaml sets POWERTOOLS_METRICS_NAMESPACE for every function; tools outside Lambda get this.
 DEFAULT_METRICS_NAMESPACE = "QueryRelay"
+# template.yaml sets it from the Tracing parameter: "Active" or "PassThrough".
+TRACING_VARIABLE = "QUERY_RELAY_TRACING"
+
+
+class HandlerTracer(Protocol):
+    """What the handlers use of a tracer: a decorator that keeps the handler's signature."""
+
+    def capture_lambda_handler(self, handler: H, /) -> H: ...
+
+
+class Untraced:
+    """What the handlers use of Powertools' Tracer, doing nothing (tracing is off)."""
+
+    def capture_lambda_handler(self, handler: H, /) -> H:
+        return handler
+
+
+def tracing_active() -> bool:
+    return os.environ.get(TRACING_VARIABLE) == "Active"
+
+
+def _tracer() -> HandlerTracer:
+    if not tracing_active():
+        return Untraced()
+    from aws_lambda_powertools import Tracer  # noqa: PLC0415 - the X-Ray SDK only when tracing
+
+    # Its decorator wraps the handler in one that takes and returns what the handler does.
+    return cast(HandlerTracer, Tracer(service=SERVICE))
+
 
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = _tracer()
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE), service=SERVICE
 )

@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from query_relay.api import errors
@@ -62,7 +63,7 @@ def lambda_handler_of(
     """The Lambda entry point: the app with Powertools logging (request id as correlation id),
     tracing and metrics around it."""
 
-    @logger.inject_lambda_context(clear_state=True, correlation_id_path="requestContext.requestId")
+    @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_REST)
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
