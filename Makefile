@@ -63,8 +63,9 @@ tools: $(TOOLS_STAMP)
 lock: $(UV)
 	$(UV) lock --python $(PYTHON313)
 	$(UV) lock --project tools --python $(PYTHON313)
-	$(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-annotate --python $(PYTHON313) \
-	  --output-file layers/core/requirements.txt
+	{ echo "# The layer's requirements: uv.lock's runtime, written by \`make lock\` (uv export). Do not edit."; \
+	  $(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-annotate --no-header --python $(PYTHON313); \
+	} > layers/core/requirements.txt
 
 $(NPM_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
