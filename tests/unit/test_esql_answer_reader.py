@@ -12,12 +12,11 @@ import pytest
 
 from query_relay.exceptions import UpstreamProtocolError
 from query_relay.models import OutputFormat
-from query_relay.providers.base import NativeResult, TabularResult
 from query_relay.providers.esql import answer
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
 from query_relay.upstream.stream import StreamedAnswer
-from tests.unit.test_upstream_readers import Chunks
+from tests.unit.test_upstream_readers import Chunks, columns_and_rows, each_cut
 
 ANSWER: dict[str, Any] = {
     "id": "FmNJRUZ1YWZCU3dH=",
@@ -87,17 +86,7 @@ def fetched(chunks: list[bytes], output_format: OutputFormat) -> tuple[list[tupl
     reader = answer.reader(WHERE, keep_rows=output_format != "native")
     streamed = StreamedAnswer(httpx.Response(200, stream=Chunks(chunks)), reader, WHERE)
     found = answer.result(streamed, output_format, "t1", False)
-    columns = [(column.name, column.type) for column in found.columns]
-    if isinstance(found, NativeResult):
-        assert b"".join(found.chunks) == b"".join(chunks)
-        return columns, found.row_count
-    assert isinstance(found, TabularResult)
-    return columns, [list(row) for row in found.rows]
-
-
-def each_cut(body: bytes) -> list[list[bytes]]:
-    """The body whole, cut once at every place, and a byte at a time."""
-    return [[body], *(cut_at(body, at) for at in range(1, len(body))), [bytes([byte]) for byte in body]]
+    return columns_and_rows(found, chunks)
 
 
 @pytest.mark.parametrize("output_format", ["jsonl", "csv", "native"])

@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from query_relay.exceptions import UpstreamProtocolError, UpstreamQueryFailed
-from query_relay.providers.base import NativeResult, TabularResult
 from query_relay.providers.looker import answer
-from tests.unit.test_upstream_readers import WHERE, Chunks
+from tests.unit.test_upstream_readers import WHERE, Chunks, columns_and_rows, each_cut
 
 FIELDS = {
     "dimensions": [{"name": "users.country", "type": "string"}],
@@ -37,21 +36,10 @@ def body(*parts: tuple[str, Any]) -> bytes:
     return json.dumps({"id": "t1", **dict(parts), "sql": "SELECT 1"}).encode()
 
 
-def each_cut(document: bytes) -> list[list[bytes]]:
-    """The document whole, cut once at every place, and a byte at a time."""
-    once = [[document[:at], document[at:]] for at in range(1, len(document))]
-    return [[document], *once, [bytes([byte]) for byte in document]]
-
-
 def fetched(chunks: list[bytes], native: bool, fields: list[str] | None = None) -> tuple[Any, Any]:
     """The columns, and the rows (or, native, the row count) of a json_detail result."""
     found = answer.result(httpx.Response(200, stream=Chunks(chunks)), WHERE, "json_detail", native, fields)
-    columns = [(column.name, column.type) for column in found.columns]
-    if isinstance(found, NativeResult):
-        assert b"".join(found.chunks) == b"".join(chunks)
-        return columns, found.row_count
-    assert isinstance(found, TabularResult)
-    return columns, [list(row) for row in found.rows]
+    return columns_and_rows(found, chunks)
 
 
 def rows_of(native: bool) -> Any:

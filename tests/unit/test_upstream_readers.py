@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from query_relay.exceptions import UpstreamProtocolError, UpstreamUnavailable
 from query_relay.models import MAX_NESTING, nesting_depth
+from query_relay.providers.base import FetchedResult, NativeResult
 from query_relay.upstream.errors import Where
 from query_relay.upstream.jsonpath import PathReader
 from query_relay.upstream.rows import ArrayRows, RowTooDeep, _deeper_than
@@ -370,6 +371,22 @@ class Chunks(httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self._chunks
+
+
+def each_cut(body: bytes) -> list[list[bytes]]:
+    """The body whole, cut once at every place, and a byte at a time."""
+    once = [[body[:at], body[at:]] for at in range(1, len(body))]
+    return [[body], *once, [bytes([byte]) for byte in body]]
+
+
+def columns_and_rows(found: FetchedResult, chunks: list[bytes]) -> tuple[list[tuple[str, str]], Any]:
+    """A provider's result as its columns, and its rows (or, native, its row count: the bytes
+    handed on must be the body's, untouched)."""
+    columns = [(column.name, column.type) for column in found.columns]
+    if isinstance(found, NativeResult):
+        assert b"".join(found.chunks) == b"".join(chunks)
+        return columns, found.row_count
+    return columns, [list(row) for row in found.rows]
 
 
 CONDITIONS: dict[str, Callable[[PathReader], bool]] = {
