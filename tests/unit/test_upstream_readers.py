@@ -744,6 +744,15 @@ def _compact(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+def _read_unless_too_deep(reader: PathReader, chunks: list[bytes], rows: list[Any], extra: int) -> None:
+    """The rows are read when they nest within the cap (``extra`` 0), refused one level past it."""
+    if extra:
+        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
+            read(reader, chunks)
+    else:
+        assert read(reader, chunks) == rows
+
+
 @pytest.mark.parametrize("path", sorted(ROWS_AT))
 @pytest.mark.parametrize("extra", [0, 1])
 @pytest.mark.parametrize("chunk_size", [7, 1 << 20])
@@ -755,12 +764,7 @@ def test_a_row_may_nest_up_to_the_cap_wherever_the_rows_lie(path: str, extra: in
     rows = [*flat, _nesting(room + extra), *flat]
     document = around(rows)
     assert nesting_depth(document) == MAX_NESTING + extra
-    reader = PathReader(WHERE, rows=path)
-    if extra:
-        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
-            read(reader, _cut(_compact(document), chunk_size))
-    else:
-        assert read(reader, _cut(_compact(document), chunk_size)) == rows
+    _read_unless_too_deep(PathReader(WHERE, rows=path), _cut(_compact(document), chunk_size), rows, extra)
 
 
 @pytest.mark.parametrize("kept", [True, False])
@@ -802,12 +806,7 @@ def test_a_deep_row_arriving_in_many_chunks_is_held_to_the_cap(
     row = [nest, cell] if deep_part.startswith("before") else [cell, nest]
     rows = [[1], row, [2]]
     assert nesting_depth(row) == room + extra
-    chunks = _cut(_compact({"values": rows}), chunk_size)
-    if extra:
-        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
-            read(rows_reader(), chunks)
-    else:
-        assert read(rows_reader(), chunks) == rows
+    _read_unless_too_deep(rows_reader(), _cut(_compact({"values": rows}), chunk_size), rows, extra)
 
 
 @pytest.mark.parametrize("extra", [0, 1])
@@ -823,12 +822,7 @@ def test_a_deep_row_among_many_flat_rows_is_held_to_the_cap(
         for index in range(3000)
     ]
     rows = [*flat[:1000], _nesting(ROWS_AT["values"][1] + extra), *flat[1000:]]
-    chunks = _cut(_compact({"values": rows}), chunk_size)
-    if extra:
-        with pytest.raises(UpstreamProtocolError, match=TOO_DEEP):
-            read(rows_reader(), chunks)
-    else:
-        assert read(rows_reader(), chunks) == rows
+    _read_unless_too_deep(rows_reader(), _cut(_compact({"values": rows}), chunk_size), rows, extra)
 
 
 @pytest.mark.parametrize("chunk_size", [4096, 1 << 22])
