@@ -1,36 +1,24 @@
-"""Shared test setup: the network is off except loopback, for every test."""
+"""Shared test setup: the network is off except loopback, for every test.
+
+The guard is pytest-socket, switched on by pyproject's addopts: ``--allow-hosts`` lets
+``socket.socket.connect`` reach loopback only (127.0.0.0/8, ::1, IPv4-mapped 127/8,
+``localhost``) and ``--allow-unix-socket`` unix sockets; anything else raises
+``pytest_socket.SocketConnectBlockedError``. tests/unit/test_network_guard.py checks it.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from typing import Any
 
 import pytest
 
 from tests.hostile import hostile  # noqa: F401 - a fixture every test may ask for
 
-_real_connect = socket.socket.connect
 
-
-def _is_loopback(address: Any) -> bool:
-    if isinstance(address, tuple) and address:
-        host = address[0]
-        if host in ("localhost", ""):
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-    return True  # unix sockets
-
-
-def _loopback_only_connect(self: socket.socket, address: Any) -> Any:
-    if not _is_loopback(address):
-        raise ConnectionRefusedError(f"tests may only reach loopback, not {address!r}")
-    return _real_connect(self, address)
-
-
-@pytest.fixture(autouse=True)
-def _network_off_except_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
+@pytest.hookimpl
+def pytest_runtest_call(item: pytest.Item) -> None:
+    # pytest-socket lifts its guard in its own pytest_runtest_teardown, before any fixture is
+    # finalized. This finalizer, the item's last, runs first and puts the same guard back, so
+    # the test's fixtures stay loopback-only while they tear down too.
+    guarded_connect = socket.socket.connect
+    item.addfinalizer(lambda: setattr(socket.socket, "connect", guarded_connect))
