@@ -1,5 +1,6 @@
 """Sample consumer Lambda: a manifest landed (S3 "Object Created" via EventBridge, key suffix
-_manifest.json); read it and log what the result holds. A real consumer starts here."""
+_manifest.json); read it and log what the result holds, under the job's id as correlation id (as
+the workflow's own lines). A real consumer starts here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from query_relay.api.jobs import read_manifest
-from query_relay.observability import logger, tracer
+from query_relay.observability import log_job, logger, tracer
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -18,11 +19,11 @@ from query_relay.observability import logger, tracer
 def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
     bucket, key = str(event.detail["bucket"]["name"]), str(event.detail["object"]["key"])
     manifest = read_manifest(bucket, key)
+    log_job(manifest.job_id)
     keys = [entry.key for entry in manifest.objects]
     logger.info(
         "result ready",
         extra={
-            "job_id": manifest.job_id,
             "rows": manifest.row_count,
             "bytes": manifest.byte_count,
             "keys": keys,

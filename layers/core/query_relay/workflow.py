@@ -2,7 +2,8 @@
 result could not be announced, report_unannounced).
 
 Each takes the execution state the state machine hands its Lambda and returns the part the
-state machine stores (see ``query_relay.state``). Handlers only call these.
+state machine stores (see ``query_relay.state``). Handlers only call these. Once a step knows its
+job's id, every line it logs carries that id as the correlation id (``observability.log_job``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from query_relay.exceptions import (
 from query_relay.history import continuation_name, should_continue, still_running
 from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, Manifest, OutputSpec, PollingSpec, parse_job_spec
-from query_relay.observability import logger, metrics
+from query_relay.observability import log_job, logger, metrics
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
 from query_relay.providers import (
     FetchedResult,
@@ -86,7 +87,7 @@ def _running_job(event: dict[str, Any]) -> tuple[JobSpec, JobState]:
     """Poll's and Fetch's input: the job spec and the job Submit (or the last Poll) left."""
     step = JobInput.model_validate(event)
     spec, job = parse_job_spec(step.spec), step.job
-    logger.append_keys(job_id=job.job_id, connection=job.connection, upstream_id=job.upstream_id)
+    log_job(job.job_id, connection=job.connection, upstream_id=job.upstream_id)
     return spec, job
 
 
@@ -129,7 +130,7 @@ def _read(step: SubmitInput) -> _Request:
     spec = parse_job_spec(step.spec)
     check_spec_fits(step.spec)  # before anything starts upstream (query_relay.limits)
     job_id = spec.job_id or step.execution
-    logger.append_keys(job_id=job_id, connection=spec.connection)
+    log_job(job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
     query = validate_job(spec.connection, connection, spec.query)
     queued, submitted_at = step.queued, _now()
@@ -583,7 +584,7 @@ def _failure_of(step: CleanupInput) -> Failure:
     spec_document: dict[str, Any] = step.spec if isinstance(step.spec, dict) else {}
     job_id = job.job_id if job else str(spec_document.get("job_id") or step.execution or "")
     connection = job.connection if job else str(spec_document.get("connection") or "")
-    logger.append_keys(job_id=job_id, connection=connection)
+    log_job(job_id, connection=connection)
     return Failure(
         job_id=job_id,
         connection=connection,
@@ -663,7 +664,7 @@ def report_unannounced(event: dict[str, Any]) -> dict[str, Any]:
     """The result landed (the manifest is the truth, and the job succeeds) but "Query Result Ready"
     could not be sent: leave an ERROR line and a ``ResultNotAnnounced`` metric an alarm can watch."""
     unannounced = UnannouncedResult.model_validate(event)
-    logger.append_keys(job_id=unannounced.job_id)
+    log_job(unannounced.job_id)
     logger.error(
         "result landed but its Query Result Ready event was not sent",
         extra={

@@ -60,18 +60,26 @@ def configure(app: APIGatewayRestResolver) -> APIGatewayRestResolver:
 def lambda_handler_of(
     app: APIGatewayRestResolver,
 ) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
-    """The Lambda entry point: the app with Powertools logging (request id as correlation id),
-    tracing and metrics around it."""
+    """The Lambda entry point: the app with Powertools logging, tracing and metrics around it.
+
+    Every line carries API Gateway's request id as ``request_id``; it is the correlation id too,
+    until a route finds the job the request is about: from there on the job id is
+    (``observability.log_job``), as in every other function's lines about that job. A request the
+    app answers ends with one line "answered", its method and status (not its path, which holds
+    whatever id was asked for)."""
 
     @logger.inject_lambda_context(clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_REST)
     @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        logger.append_keys(request_id=logger.get_correlation_id())
         for refusal in (unroutable_path_response, oversize_body_response, too_deep_body_response):
             refused = refusal(event)
             if refused is not None:
                 return refused
-        return app.resolve(event, context)
+        answer = app.resolve(event, context)
+        logger.info("answered", extra={"method": event.get("httpMethod"), "status": answer.get("statusCode")})
+        return answer
 
     return lambda_handler
 

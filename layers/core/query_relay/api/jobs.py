@@ -39,7 +39,7 @@ from query_relay.exceptions import InvalidJobSpec, QueryTimedOut
 from query_relay.history import continued_as, is_continuation, latest_execution, still_running
 from query_relay.limits import check_spec_fits
 from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
-from query_relay.observability import logger
+from query_relay.observability import log_job, logger
 from query_relay.settings import get_settings
 from query_relay.state import CaughtError, CleanupInput, Failure, JobState
 
@@ -85,8 +85,9 @@ def validate_job(spec: JobSpec) -> None:
 
 
 def start_job(spec: JobSpec) -> JobAccepted:
-    validate_job(spec)
     job_id = spec.job_id or new_job_id()
+    log_job(job_id)  # a refusal below is logged under the job id too
+    validate_job(spec)
     named = spec.model_copy(update={"job_id": job_id})
     document = named.model_dump(mode="json")
     check_spec_fits(document)
@@ -120,6 +121,7 @@ def _spec_of(described: DescribeExecutionOutputTypeDef) -> JobSpec | None:
 
 def describe_job(job_id: str) -> JobView:
     first = _describe(job_id)
+    log_job(job_id)  # only an id that names a job: one asked for in vain may be anything
     described = latest_execution(aws.sfn(), first)  # the same execution unless the job continued
     status = described["status"]
     started, stopped = first["startDate"], described.get("stopDate")
@@ -248,7 +250,9 @@ def cancel_job(job_id: str) -> JobView:
     """Stop the job's execution and clean up as its Cleanup state would have (module docstring),
     unless another party cleans up after that execution already (``query_relay.claims``): then,
     like a DELETE of a job stopped already, answer with the job as it now is."""
-    described = latest_execution(aws.sfn(), _describe(job_id))
+    first = _describe(job_id)
+    log_job(job_id)
+    described = latest_execution(aws.sfn(), first)
     if described["status"] == "ABORTED":
         return describe_job(job_id)  # stopped already (another DELETE, the console): the same answer
     if described["status"] != "RUNNING":
@@ -273,7 +277,10 @@ def on_execution_ended_without_cleanup(arn: str, status: str, claimant: str) -> 
     """An execution of the query machine was stopped (ABORTED) or ran past its own TimeoutSeconds
     (TIMED_OUT); neither runs a Catch state (EventBridge status change): clean up, unless another
     party (an API cancel, an earlier delivery of this event) claimed that already. The stop's own
-    error and cause are not read: DescribeExecution documents them for FAILED executions only."""
+    error and cause are not read: DescribeExecution documents them for FAILED executions only.
+    Its lines name the execution; from the cleanup on (which reads the job's state) they carry the
+    job id as correlation id too."""
+    logger.append_keys(execution_arn=arn)
     if status == "TIMED_OUT":
         mine = Claim(claimant, QUERY_TIMED_OUT, TIMED_OUT_CAUSE)
     else:
