@@ -120,6 +120,7 @@ bench: $(STAMP)
 	@[ -d .aws-sam/build/CoreLayer ] || $(MAKE) build
 	$(BIN)/python -m bench.cold_start
 	$(BIN)/python -m bench.poll_cost
+	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.fetch
 
 clean:

@@ -5,8 +5,8 @@
 A body holding one row with one cell of N MB is fed in 64 KiB chunks (what httpx hands on: httpcore
 reads 64 KiB at a time and ``iter_bytes()`` passes the reads through) to
 
-- ``ArrayRows`` (ES|QL ``values``, decoded by the json module's C scanner), fed the text after the
-  ``[`` that opens ``values``, as ``PathReader`` feeds it;
+- ``ArrayRows`` (ES|QL ``values``: blocks of rows decoded by orjson, a row alone by the json
+  module), fed the text after the ``[`` that opens ``values``, as ``PathReader`` feeds it;
 - ``DelimitedRecords`` (CSV, over ``text_lines``), header and rows.
 
 Next to each, in the same run, the CPU's own limit on the same bytes: ``json.loads`` of the whole

@@ -267,12 +267,16 @@ CELLS = {
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_a_big_row_costs_work_in_proportion_to_its_size(monkeypatch: pytest.MonkeyPatch, cell: str) -> None:
     text = values_text([["small"], [1, CELLS[cell]], ["small"]])
-    scanner = rows_module._scan_row
+    decode_value, decode_block = rows_module._decode_value, rows_module._decode_block
     decoded: list[int] = []  # characters from where each decoding started to the end of its text
 
-    def counting_scanner(string: str, index: int) -> tuple[Any, int]:
+    def counting_value(string: str, index: int) -> tuple[Any, int]:
         decoded.append(len(string) - index)
-        return scanner(string, index)
+        return decode_value(string, index)
+
+    def counting_block(string: str, *, surrogates: bool) -> list[Any]:
+        decoded.append(len(string))
+        return decode_block(string, surrogates=surrogates)
 
     scanned: list[int] = []
     feed = ValueEnd.feed
@@ -281,7 +285,8 @@ def test_a_big_row_costs_work_in_proportion_to_its_size(monkeypatch: pytest.Monk
         scanned.append(len(string) - pos)
         return feed(self, string, pos)
 
-    monkeypatch.setattr(rows_module, "_scan_row", counting_scanner)
+    monkeypatch.setattr(rows_module, "_decode_value", counting_value)
+    monkeypatch.setattr(rows_module, "_decode_block", counting_block)
     monkeypatch.setattr(ValueEnd, "feed", counting_feed)
     reader = ArrayRows()
     monkeypatch.setattr(reader, "_decoder", CountingDecoder("utf-8"))

@@ -13,6 +13,7 @@ import pytest
 
 from query_relay.exceptions import UpstreamProtocolError
 from query_relay.providers.esql import answer as esql_answer
+from query_relay.upstream import rows as rows_module
 from query_relay.upstream.errors import Where
 from query_relay.upstream.rows import ArrayRows
 
@@ -97,3 +98,54 @@ def test_an_error_inside_a_block_is_worded_as_row_by_row(
     document = b'{"is_running":false,"columns":[{"name":"a","type":"keyword"}],"values":' + values + b"}"
     with pytest.raises(UpstreamProtocolError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         read_rows(document, chunk_size)
+
+
+# Blocks are decoded by orjson, which reads an integer beyond 64 bits as a float: such text is read by
+# the json module instead, so every integer comes out exact wherever it lies.
+@pytest.mark.parametrize(
+    "number",
+    [
+        2**64,  # 20 digits, one past the largest orjson keeps
+        10**30,
+        -(2**63) - 1,  # 19 digits and a minus sign
+        -(10**40),
+        2**64 - 1,  # still 64-bit: orjson's own
+        -(2**63),
+        1234567890123456789,
+    ],
+)
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_integers_of_any_size_come_out_exact_from_a_block(number: int, chunk_size: int) -> None:
+    rows: list[list[Any]] = [["a", index, 1.5] for index in range(50)]
+    rows[25][1] = number
+    read = read_rows(answer(rows), chunk_size)
+    assert read == rows
+    assert type(read[25][1]) is int
+
+
+def test_digits_in_strings_are_read_as_strings() -> None:
+    rows: list[list[Any]] = [["1" * 40, "0" * 19, "-" + "9" * 25]] * 30
+    assert read_rows(answer(rows), 1 << 20) == rows
+
+
+def test_a_block_is_decoded_by_orjson_where_it_reads_as_json_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    decode_value = rows_module._decode_value
+
+    def counting(text: str, index: int) -> tuple[Any, int]:
+        calls.append(text[index : index + 10])
+        return decode_value(text, index)
+
+    monkeypatch.setattr(rows_module, "_decode_value", counting)
+
+    def compact(rows: list[list[Any]]) -> bytes:  # as Elasticsearch writes it: a block ends at "],["
+        return json.dumps(
+            {"is_running": False, "columns": COLUMNS, "values": rows}, separators=(",", ":")
+        ).encode()
+
+    plain = [["a", index, 0.5, None] for index in range(100)]
+    assert read_rows(compact(plain), 1 << 20) == plain
+    assert len(calls) == 1, "only the row after the last ],[ reaches the json module"
+    big = [["a", 10**20 + index, None, None] for index in range(100)]
+    assert read_rows(compact(big), 1 << 20) == big
+    assert len(calls) == 3, "a block that may hold an integer beyond 64 bits is read by the json module"

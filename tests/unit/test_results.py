@@ -39,6 +39,7 @@ COLUMNS = [
     Column(name="seen_at", type="date"),
 ]
 SEEN_AT = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
+SEEN = SEEN_AT.isoformat()  # a datetime (no JSON value) is written as orjson writes it: RFC 3339
 ROWS: list[list[Any]] = [
     [1, "plain", 1.5, True, ["a", "b"], SEEN_AT],
     [2, 'Zoë, "quoted"\nand multi-line', -0.25, False, {"k": [1, 2]}, None],
@@ -175,7 +176,7 @@ def test_jsonl_round_trips_every_row_keyed_by_column(s3: S3Client, bucket: str, 
     assert [entry.key for entry in written.objects] == [f"{PREFIX}part-00000.jsonl{suffix}"]
     data = content_of(s3, bucket, written.objects[0].key)
     assert jsonl_rows(data) == [
-        {"id": 1, "name": "plain", "score": 1.5, "active": True, "tags": ["a", "b"], "seen_at": str(SEEN_AT)},
+        {"id": 1, "name": "plain", "score": 1.5, "active": True, "tags": ["a", "b"], "seen_at": SEEN},
         {
             "id": 2,
             "name": 'Zoë, "quoted"\nand multi-line',
@@ -185,7 +186,7 @@ def test_jsonl_round_trips_every_row_keyed_by_column(s3: S3Client, bucket: str, 
             "seen_at": None,
         },
         {"id": 3, "name": None, "score": None, "active": None, "tags": None, "seen_at": None},
-        {"id": 4, "name": "日本語", "score": 1e-07, "active": True, "tags": [], "seen_at": str(SEEN_AT)},
+        {"id": 4, "name": "日本語", "score": 1e-07, "active": True, "tags": [], "seen_at": SEEN},
     ]
     assert "日本語".encode() in data  # not \u-escaped
     assert b'{"id":1,"name":"plain",' in data  # compact separators

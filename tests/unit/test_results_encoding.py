@@ -1,8 +1,14 @@
-"""The batch encoders write exactly the bytes of the row-by-row encoding they replaced.
+"""The batch encoders write what the JSON rule says (README "Values in JSON"), and the bytes of the
+row-by-row encoding they replaced wherever that rule does not change them.
 
-jsonl: ``json.dumps(dict(zip(names, row, strict=True)), separators=(",", ":"), ensure_ascii=False,
-default=str) + "\\n"`` per row, UTF-8. csv: ``csv.writer.writerow`` per row, booleans and nested
-values spelt as JSON. Parts roll right after the row that fills them, whatever the batch sizes.
+Before: jsonl was ``json.dumps(dict(zip(names, row, strict=True)), separators=(",", ":"),
+ensure_ascii=False, default=str) + "\\n"`` per row, UTF-8; csv was ``csv.writer.writerow`` per row,
+booleans and nested values spelt as JSON. The rule (orjson) changes three things only: NaN and
+infinities (not JSON) are null / an empty field, a lone surrogate (not UTF-8) is "?" instead of an
+error, and a float of 1e-9 to 1e-4 is spelt without the exponent's zero padding (``7e-07`` is
+``7e-7``, ``1e-05`` is ``0.00001``); values that are no JSON value (a datetime, a float subclass)
+are spelt as orjson spells them. Parts roll right after the row that fills them, whatever the
+batch sizes.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import enum
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import hypothesis
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,12 +72,55 @@ def jsonl_row_by_row(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> byt
     )
 
 
+def by_rule(value: Any) -> Any:
+    """What the rule makes of a value before orjson spells it (a test's own walk)."""
+    if type(value) is float and not math.isfinite(value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(int(value)))
+    if isinstance(value, str):
+        return "".join("?" if 0xD800 <= ord(char) <= 0xDFFF else char for char in value)
+    if isinstance(value, list | tuple):
+        return [by_rule(item) for item in value]
+    if isinstance(value, dict):
+        return {by_rule(key): by_rule(item) for key, item in value.items()}
+    return value
+
+
+def jsonl_by_rule(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """The rule, row by row: one orjson call per row's dict."""
+    return b"".join(
+        orjson.dumps(by_rule(dict(zip(names, row, strict=True))), default=str) + b"\n" for row in rows
+    )
+
+
+# Floats the rule spells otherwise than repr (exponents -5 to -9), and values that are no JSON value.
+_RESPELT_FLOAT = re.compile(r"e-0[5-9]$")
+
+
+def rule_changes(value: Any) -> bool:
+    """Whether the rule writes ``value`` otherwise than json.dumps did."""
+    if type(value) is float:
+        return not math.isfinite(value) or bool(_RESPELT_FLOAT.search(repr(value)))
+    if type(value) is str:
+        return any(0xD800 <= ord(char) <= 0xDFFF for char in value)
+    if type(value) in (list, tuple):
+        return any(map(rule_changes, value))
+    if type(value) is dict:
+        return any(map(rule_changes, value)) or any(map(rule_changes, value.values()))
+    return type(value) not in (int, bool, type(None))
+
+
 def csv_row_by_row(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """Before, and by the rule: NaN and infinities an empty field, nested values by the JSON rule."""
+
     def field(value: Any) -> Any:
         if isinstance(value, bool):
             return "true" if value else "false"
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
         if isinstance(value, list | dict):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+            return orjson.dumps(by_rule(value), default=str).decode()
         return value
 
     text = io.StringIO(newline="")
@@ -77,7 +128,7 @@ def csv_row_by_row(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes
     writer.writerow(names)
     for row in rows:
         writer.writerow([field(value) for value in row])
-    return text.getvalue().encode()
+    return text.getvalue().encode("utf-8", "replace")
 
 
 TRICKY_COLUMNS: dict[str, list[Any]] = {
@@ -133,19 +184,59 @@ def tricky_rows() -> tuple[list[str], list[list[Any]]]:
 # --- jsonl ---------------------------------------------------------------------------------------
 
 
-def test_jsonl_batch_is_what_json_dumps_wrote_row_by_row_for_tricky_values() -> None:
+def test_jsonl_batch_is_the_rule_row_by_row_for_tricky_values() -> None:
     names, rows = tricky_rows()
     encoder = _JsonLinesEncoder(columns(*names))
-    assert encoder.encode(rows) == jsonl_row_by_row(names, rows)
+    assert encoder.encode(rows) == jsonl_by_rule(names, rows)
     # and each row alone, and any split of the batch, gives the same bytes
-    assert b"".join(encoder.encode([row]) for row in rows) == jsonl_row_by_row(names, rows)
-    assert encoder.encode(rows[:3]) + encoder.encode(rows[3:]) == jsonl_row_by_row(names, rows)
+    assert b"".join(encoder.encode([row]) for row in rows) == jsonl_by_rule(names, rows)
+    assert encoder.encode(rows[:3]) + encoder.encode(rows[3:]) == jsonl_by_rule(names, rows)
 
 
 @pytest.mark.parametrize("name", list(TRICKY_COLUMNS))
-def test_jsonl_batch_of_one_tricky_column_is_what_json_dumps_wrote(name: str) -> None:
+def test_jsonl_batch_of_one_tricky_column_is_what_json_dumps_wrote_unless_the_rule_changes_it(
+    name: str,
+) -> None:
     rows = [[value] for value in TRICKY_COLUMNS[name]]
-    assert _JsonLinesEncoder(columns(name)).encode(rows) == jsonl_row_by_row([name], rows)
+    encoded = _JsonLinesEncoder(columns(name)).encode(rows)
+    assert encoded == jsonl_by_rule([name], rows)
+    lines, before = (
+        encoded.splitlines(keepends=True),
+        jsonl_row_by_row([name], rows).splitlines(keepends=True),
+    )
+    for row, line, line_before in zip(rows, lines, before, strict=True):
+        if not rule_changes(row[0]):
+            assert line == line_before, row
+
+
+def test_jsonl_nan_and_infinities_are_null() -> None:
+    rows = [[math.nan, [math.inf]], [-math.inf, {"x": math.nan}]]
+    assert (
+        _JsonLinesEncoder(columns("a", "b")).encode(rows)
+        == b'{"a":null,"b":[null]}\n{"a":null,"b":{"x":null}}\n'
+    )
+
+
+def test_jsonl_integers_beyond_64_bits_are_their_exact_digits() -> None:
+    rows = [[2**64, -(2**63) - 1, [10**40, {"k": -(10**30)}], 2**64 - 1]]
+    encoded = _JsonLinesEncoder(columns("a", "b", "c", "d")).encode(rows)
+    assert encoded == jsonl_row_by_row(list("abcd"), rows)
+    assert json.loads(encoded) == dict(zip("abcd", rows[0], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("value", "spelt"),
+    [
+        (1e-05, b"0.00001"),
+        (7.579544029403025e-05, b"0.00007579544029403025"),
+        (7e-07, b"7e-7"),
+        (3.5e-09, b"3.5e-9"),
+    ],
+)
+def test_jsonl_floats_of_1e_9_to_1e_4_lose_the_exponents_zero_padding(value: float, spelt: bytes) -> None:
+    encoded = _JsonLinesEncoder(columns("f")).encode([[value]])
+    assert encoded == b'{"f":' + spelt + b"}\n"
+    assert json.loads(encoded)["f"] == value
 
 
 def test_jsonl_repeated_column_names_keep_the_first_place_and_the_last_value() -> None:
@@ -166,12 +257,14 @@ def test_jsonl_without_columns_writes_empty_objects() -> None:
     assert _JsonLinesEncoder([]).encode([[], []]) == jsonl_row_by_row([], [[], []]) == b"{}\n{}\n"
 
 
-def test_jsonl_a_lone_surrogate_fails_as_it_did() -> None:
-    # json.dumps keeps it; UTF-8 cannot encode it (providers replace them before rows get here)
+def test_a_lone_surrogate_is_a_question_mark_as_the_readers_read_it() -> None:
+    # json.dumps kept it, and UTF-8 could not encode it: the job failed
     with pytest.raises(UnicodeEncodeError):
         jsonl_row_by_row(["t"], [["\ud800"]])
-    with pytest.raises(UnicodeEncodeError):
-        _JsonLinesEncoder(columns("t")).encode([["\ud800"]])
+    rows = [["a\ud800b", ["\udfff"]]]
+    assert _JsonLinesEncoder(columns("\udc00", "n")).encode(rows) == b'{"?":"a?b","n":["?"]}\n'
+    csv_encoder = _CsvEncoder(columns("\udc00", "n"))
+    assert csv_encoder.header() + csv_encoder.encode(rows) == b'?,n\r\na?b,"[""?""]"\r\n'
 
 
 @pytest.mark.parametrize("width", [1, 3])
@@ -181,8 +274,7 @@ def test_a_row_of_the_wrong_width_is_an_error_in_any_position(width: int) -> Non
             encoder.encode([[1, 2], [1, 2], list(range(width)), [1, 2]])
 
 
-# Lone surrogates cannot be UTF-8 (both encodings fail on them alike, see above).
-TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+TEXT = st.text(alphabet=st.characters())
 JSON_SCALARS = (
     st.none()
     | st.booleans()
@@ -211,12 +303,25 @@ def tables(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
 
 @SETTINGS
 @given(tables())
-def test_jsonl_batch_is_what_json_dumps_wrote_row_by_row(table: tuple[list[str], list[list[Any]]]) -> None:
+def test_jsonl_batch_is_the_rule_and_what_json_dumps_wrote_where_the_rule_did_not_change(
+    table: tuple[list[str], list[list[Any]]],
+) -> None:
     names, rows = table
-    assert _JsonLinesEncoder(columns(*names)).encode(rows) == jsonl_row_by_row(names, rows)
+    encoded = _JsonLinesEncoder(columns(*names)).encode(rows)
+    assert encoded == jsonl_by_rule(names, rows)
+    if not rule_changes([names, rows]):
+        assert encoded == jsonl_row_by_row(names, rows)
 
 
 # --- csv -----------------------------------------------------------------------------------------
+
+
+def test_csv_nan_and_infinities_are_empty_fields() -> None:
+    encoder = _CsvEncoder(columns("a", "b"))
+    assert (
+        encoder.encode([[math.nan, 1.5], [math.inf, -math.inf], [1e308, 1e308]])
+        == b",1.5\r\n,\r\n1e+308,1e+308\r\n"
+    )
 
 
 def test_csv_batch_is_what_the_csv_writer_wrote_row_by_row() -> None:

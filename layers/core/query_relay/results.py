@@ -19,13 +19,15 @@ import io
 import json
 import math
 import mimetypes
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice, repeat
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
 from query_relay.models import Column, Manifest, ObjectEntry, OutputSpec
@@ -285,54 +287,41 @@ class _RowEncoder(Protocol):
         ...
 
 
-# One encoder instance: json.dumps with options builds a new encoder on every call.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+# --- JSON by one rule (README "Values in JSON") ---------------------------------------------------
+# Values are written by orjson: compact, UTF-8, strings escaped only where JSON requires it, a float
+# as the shortest text that reads back as the same double. NaN and infinities are not JSON: null.
+# An integer beyond 64 bits (which orjson refuses) is written as its exact digits, and a lone
+# surrogate (which UTF-8 cannot hold) as "?", as every reader reads one. Anything that is not a
+# JSON value is written as orjson writes it, or as its str().
+_ORJSON_INT_MIN, _ORJSON_INT_END = -(2**63), 2**64
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _json_chunker() -> Callable[[Any, int], Iterable[str]]:
-    """The C encoder that ``_COMPACT_JSON.encode`` builds on every call (a third of the cost of a
-    row), built once: it gives the text of a value as chunks. Falls back where it is missing."""
-    make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    encode_text = getattr(json.encoder, "c_encode_basestring", None)
-    if make_encoder is None or encode_text is None:  # pragma: no cover - CPython has both
-        return lambda value, _level: (_COMPACT_JSON.encode(value),)
-    chunks: Callable[[Any, int], Iterable[str]] = make_encoder(
-        None, str, encode_text, None, ":", ",", False, False, True
-    )
-    return chunks
+def _json_bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_writable(value), default=str)
 
 
-_json_chunks = _json_chunker()
-# How _COMPACT_JSON spells a string (quoted and escaped; non-ASCII kept as it is).
-_json_string: Callable[[str], str] = (
-    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
-)
-_JSON_CONSTANTS = {True: "true", False: "false", None: "null"}
-_CONSTANT_TYPES = frozenset({bool, type(None)})
+def _writable(value: Any) -> Any:
+    """``value`` with what orjson refuses made writable by the rule (a copy where it changes)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if _ORJSON_INT_MIN <= value < _ORJSON_INT_END else orjson.Fragment(int.__repr__(value))
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("?", value)
+    if isinstance(value, list | tuple):
+        return [_writable(item) for item in value]
+    if isinstance(value, dict):
+        return {_writable(key): _writable(item) for key, item in value.items()}
+    return value
 
 
 def _encode_json(value: Any) -> str:
-    """``_COMPACT_JSON.encode(value)``: the same output, faster."""
-    return "".join(_json_chunks(value, 0))
-
-
-def _json_texts(values: tuple[Any, ...]) -> Iterator[str]:
-    """The JSON text of each value (as ``_encode_json`` gives it), by C functions only. A column
-    of one plain type is spelt by that type's own function (what the C encoder calls for it);
-    anything else goes through the C encoder value by value."""
-    kinds = set(map(type, values))
-    if len(kinds) == 1:
-        kind = next(iter(kinds))
-        if kind is str:
-            return map(_json_string, values)
-        if kind is int:
-            return map(int.__repr__, values)
-        # NaN and infinities are spelt differently by JSON (a sum that overflows only costs the fast path).
-        if kind is float and math.isfinite(sum(values)):
-            return map(float.__repr__, values)
-    if kinds <= _CONSTANT_TYPES:
-        return map(_JSON_CONSTANTS.__getitem__, values)
-    return map("".join, map(_json_chunks, values, repeat(0)))
+    """The JSON text of ``value``, by the rule."""
+    return _json_bytes(value).decode()
 
 
 def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
@@ -341,11 +330,25 @@ def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
         raise ValueError(f"a row has {wrong} values for {width} columns")
 
 
+# orjson never writes a control character raw (JSON escapes them in strings), so these two mark
+# where the encoder's own fragments of text begin and end in orjson's output.
+_BEGIN, _END = b"\x01", b"\x02"
+
+
+def _fragment(text: bytes) -> orjson.Fragment:
+    return orjson.Fragment(_BEGIN + text + _END)
+
+
 class _JsonLinesEncoder:
     """One JSON object per row, keyed by column name, newline-terminated: exactly what
-    ``_encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch at a time and column by
-    column. The keys are spelt once; each column's values are spelt by C functions (one per
-    column type); the lines are assembled by a single join. No Python code runs per row."""
+    ``_encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch in one call of orjson.
+
+    The batch is one flat list, built a column at a time by slice assignment: for each row, a
+    fragment of text that opens the object with the first key (or closes the row before and opens
+    this one), its first value, a fragment with the next key, the next value, ..., and a last
+    fragment that closes the last row. orjson writes the list with a comma between every two items;
+    the commas next to a fragment's markers are removed with the markers (two C passes over the
+    bytes). No Python code runs per row or per value."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
         names = [column.name for column in columns]
@@ -353,25 +356,31 @@ class _JsonLinesEncoder:
         # As dict(zip(names, row)) has it: a repeated name once, where it first appears, with the
         # value of its last column.
         last_column = {name: index for index, name in enumerate(names)}
-        self._fields = [
-            ("," if position else "{") + _json_string(name) + ":" for position, name in enumerate(last_column)
-        ]
         self._columns = list(last_column.values())
+        keys = [_json_bytes(name) + b":" for name in last_column]
+        self._stride = 2 * len(keys)
+        self._open = _fragment(b"{" + keys[0]) if keys else None
+        # A row's items but its first fragment, which closes the row before; values are set per batch.
+        self._row: list[Any] = []
+        for position, key in enumerate(keys):
+            self._row += [_fragment(b"}\n{" + key if position == 0 else b"," + key), None]
+        self._close = _fragment(b"}\n")
 
     def header(self) -> bytes:
         return b""
 
     def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
         _check_widths(rows, self._width)
-        if not self._fields:
+        if not self._columns or not rows:
             return b"{}\n" * len(rows)
+        items = self._row * len(rows)
+        items[0] = self._open
         values = list(zip(*rows, strict=True))  # one tuple per column
-        pieces: list[Iterable[str]] = []
-        for field, column in zip(self._fields, self._columns, strict=True):
-            pieces += (repeat(field), _json_texts(values[column]))
-        pieces.append(repeat("}\n"))
-        # zip(*pieces) gives each row's pieces in order; it ends with the values.
-        return "".join(chain.from_iterable(zip(*pieces, strict=False))).encode()
+        for position, column in enumerate(self._columns):
+            items[2 * position + 1 :: self._stride] = values[column]
+        items.append(self._close)
+        text = _json_bytes(items)  # [<B>{"a":<E>,1,<B>,"b":<E>,2,<B>}\n{"a":<E>,3,...,<B>}\n<E>]
+        return text.replace(_END + b",", b"").replace(b"," + _BEGIN, b"")[2:-2]
 
 
 class _Lines:
@@ -381,10 +390,14 @@ class _Lines:
         self._texts: list[str] = []
         self.write = self._texts.append
 
-    def take(self) -> bytes:
+    def take(self) -> str:
         text = "".join(self._texts)
         self._texts.clear()
-        return text.encode()
+        return text
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "replace")  # a lone surrogate (not UTF-8) as "?", by the JSON rule
 
 
 class _CsvEncoder:
@@ -397,16 +410,19 @@ class _CsvEncoder:
 
     def header(self) -> bytes:
         self._writer.writerow(self._names)
-        return self._lines.take()
+        return _utf8(self._lines.take())
 
     def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
         _check_widths(rows, len(self._names))
         # Most values are written as they are; checking their types in C first saves a call per value.
-        if _CSV_AS_IS.issuperset(map(type, chain.from_iterable(rows))):
-            self._writer.writerows(rows)
-        else:
-            self._writer.writerows(map(_csv_fields, rows))
-        return self._lines.take()
+        kinds = set(map(type, chain.from_iterable(rows)))
+        self._writer.writerows(rows if _CSV_AS_IS.issuperset(kinds) else map(_csv_fields, rows))
+        text = self._lines.take()
+        # csv spells NaN and infinities "nan" and "inf": where the text has neither, no float was one.
+        if float in kinds and ("nan" in text or "inf" in text):
+            self._writer.writerows([_csv_field(value) for value in row] for row in rows)
+            text = self._lines.take()
+        return _utf8(text)
 
 
 # Types csv writes the way the CSV format of this project spells them (bool is not int here).
@@ -420,11 +436,14 @@ def _csv_fields(row: Sequence[Any]) -> Sequence[Any]:
 
 
 def _csv_field(value: Any) -> Any:
-    """None becomes an empty field (csv does that); booleans and nested values are spelt as JSON."""
+    """By the JSON rule: None, NaN and infinities become an empty field (csv writes None so);
+    booleans and nested values are spelt as JSON."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, list | dict):
-        return _COMPACT_JSON.encode(value)
+        return _encode_json(value)
     return value
 
 

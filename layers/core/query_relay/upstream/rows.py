@@ -1,9 +1,15 @@
 """Rows that arrive as a JSON array of arrays (ES|QL's ``values``; the warehouses' ``data`` and
 ``data_array`` are the same shape), decoded fast.
 
-Rows are decoded whole by the json module's C scanner, several times faster than an ijson event
-per value, and whole blocks of rows in one scan where the text allows. Only the text from the row
+Whole blocks of rows are decoded in one call of orjson where the text allows (everything up to the
+last ``],[`` of a chunk, wrapped in brackets); otherwise rows are decoded one at a time by the json
+module (``JSONDecoder.raw_decode``), whose messages word what is wrong. Only the text from the row
 being decoded on is kept, so memory stays bounded by one row and one chunk.
+
+Values are read as ``json.loads`` reads them (README "Values in JSON"): orjson reads an integer
+beyond 64 bits as a float and refuses an escaped lone surrogate, so text that may hold either (a run
+of 19 digits, a ``\\ud`` escape) is decoded by the json module instead. NaN and Infinity are not
+JSON, and a number too large for a float is an error, not infinity.
 
 A row longer than a chunk (one cell of 100 MB) is decoded once, when its end has arrived: until then
 its text is kept in pieces and only the new text is scanned for that end (``ValueEnd``). Decoding it
@@ -20,12 +26,11 @@ from __future__ import annotations
 import codecs
 import gc
 import json
-import json.decoder
-import json.scanner
 import math
 import re
-from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from query_relay.models import MAX_NESTING
 
@@ -41,15 +46,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# Rows are decoded by the json module's C scanner. As with ijson, NaN and Infinity are not JSON and a
-# number too large for a float is an error (not infinity).
+# Rows decoded one at a time, and blocks orjson cannot read as json.loads would. As with ijson, NaN
+# and Infinity are not JSON and a number too large for a float is an error (not infinity).
 _ROW_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float)
-# The C scanner itself (what raw_decode calls, minus a Python frame per row): (value, end) at an index.
-# (typeshed declares make_scanner's context as make_scanner itself; it takes the decoder.)
-_scan_row: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(_ROW_DECODER)  # type: ignore[arg-type]
-# json's C string scanner: (the string, the position after its closing quote) from just after its
-# opening quote. (typeshed does not declare json.decoder's scanstring.)
-_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+# (value, position after it) for the JSON value at an index of a text.
+_decode_value = _ROW_DECODER.raw_decode
+# Every ASCII digit as "0": a run of 19 zeros in a chunk so translated may be an integer orjson
+# would read as a float (at least 20 digits, or 19 with a minus sign). Two C passes over the bytes.
+_DIGITS_AS_ZERO = bytes(ord("0") if ord("0") <= byte <= ord("9") else byte for byte in range(256))
+_LONG_NUMBER = b"0" * 19
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 # A row that fails to decode this close to the end of the text read so far may only be cut short.
@@ -58,8 +63,8 @@ _CUT_SHORT_MARGIN = 8
 # decoder words as such (\s would let in more than JSON's whitespace). Any other character is an
 # error the decoder is left to word.
 _OUTSIDE_STRINGS = r"[-+.0-9,: \t\n\raefilnrstuyEIN]++"
-# A string of at most 64 characters: longer ones are scanned by json's C scanstring (a character
-# class costs sre some 13 ns a character, scanstring 2).
+# A string of at most 64 characters: longer ones are scanned by str.find for their closing quote
+# (a character class costs sre some 13 ns a character, find a fraction of one).
 _SHORT_STRING = r'"(?:[^"\\]|\\[\s\S]){0,64}+"'
 # Containers nested this deep below the one being read are skipped by one regular expression match.
 _SKIPPED_LEVELS = 4
@@ -78,7 +83,6 @@ def _skip_pattern(levels: int) -> re.Pattern[str]:
 
 
 _SKIP = _skip_pattern(_SKIPPED_LEVELS)
-_STRING_BODY = re.compile(r'[^"\\]*+(?:\\[\s\S][^"\\]*+)*+')
 # At most this many chunks are read row by row after a block of rows failed to decode whole.
 _MAX_SKIPPED_BLOCKS = 15
 
@@ -87,8 +91,8 @@ class ValueEnd:
     """Where a JSON value that began in text already read may end, found in one pass over the text
     however it arrives: the depth of brackets outside strings, back to 0 at the value's end. Runs
     that leave the depth as it was (numbers, short strings, containers nested a few levels below)
-    are skipped by one regular expression match and long strings by json's C ``scanstring``, so
-    Python code runs only for the brackets of the outermost levels and for long strings.
+    are skipped by one regular expression match and long strings by ``str.find`` of their quotes,
+    so Python code runs only for the brackets of the outermost levels and for long strings.
 
     It does not check the text: it says only when decoding the value may succeed (``feed`` is
     True), and whether the value's text is then all there (``whole``: a decoder that still finds the
@@ -160,27 +164,20 @@ class ValueEnd:
 
     def _string_end(self, text: str, pos: int) -> int:
         """Just after the end of the string ``text[pos:]`` is inside, or -1 when it goes on after
-        the text (an escape cut by its end is carried to the next text)."""
-        try:
-            return _scanstring(text, pos, False)[1]
-        except json.JSONDecodeError as error:
-            if not error.msg.startswith("Unterminated"):  # an escape scanstring refuses (or cut short)
-                return self._string_end_slowly(text, pos)
+        the text (an escape cut by its end is carried to the next text). Any character may follow
+        a backslash here: the decoder judges the escapes."""
+        while (quote := text.find('"', pos)) >= 0:
+            backslash = quote
+            while backslash > pos and text[backslash - 1] == "\\":
+                backslash -= 1
+            if (quote - backslash) % 2 == 0:  # not escaped
+                return quote + 1
+            pos = quote + 1
         backslash = len(text)
         while backslash > pos and text[backslash - 1] == "\\":
             backslash -= 1
         if (len(text) - backslash) % 2:  # the last one escapes what the next text begins with
             self._carry = "\\"
-        return -1
-
-    def _string_end_slowly(self, text: str, pos: int) -> int:
-        """``_string_end`` by a regular expression, which takes any character after a backslash."""
-        match = _STRING_BODY.match(text, pos)
-        end = match.end() if match is not None else pos
-        if end < len(text) and text[end] == '"':
-            return end + 1
-        if end < len(text):  # a backslash ends the text
-            self._carry = text[end:]
         return -1
 
 
@@ -294,9 +291,7 @@ class ArrayRows:
         (its text is then kept in ``_pieces``, and ``_end`` follows it)."""
         try:
             try:
-                return _scan_row(text, pos)
-            except StopIteration as missing:  # how the scanner says "Expecting value" at an index
-                raise json.JSONDecodeError("Expecting value", text, missing.value) from None
+                return _decode_value(text, pos)
             except RecursionError:  # nested thousands of levels deep: far past any room
                 raise RowTooDeep from None
         except json.JSONDecodeError as error:
@@ -311,12 +306,12 @@ class ArrayRows:
             return None
 
     def _read_block(self, text: str, pos: int, rows: list[list[Any]], *, surrogates: bool) -> tuple[int, int]:
-        """Decode every row that ends before the last ``],[`` of the text in one scan of the C
-        scanner (no Python code per row): (rows decoded, position after them). The text up to that
-        ``]`` is a prefix of the array's content, so wrapped in brackets it decodes completely only
-        if it ends exactly at the end of a row: cut inside a string or inside a nested array, it
-        decodes to an error or stops short, and the rows are read one by one instead (which also
-        words any error in the text). (0, pos) when nothing was decoded here."""
+        """Decode every row that ends before the last ``],[`` of the text in one call (no Python
+        code per row): (rows decoded, position after them). The text up to that ``]`` is a prefix of
+        the array's content, so wrapped in brackets it decodes only if it ends exactly at the end of
+        a row: cut inside a string or inside a nested array, it is an error, and the rows are read
+        one by one instead (which also words any error in the text). (0, pos) when nothing was
+        decoded here."""
         if self._skip_blocks:
             self._skip_blocks -= 1
             return 0, pos
@@ -325,9 +320,9 @@ class ArrayRows:
             return 0, pos
         wrapped = "[" + text[pos : cut + 1] + "]"
         try:
-            block, after = _scan_row(wrapped, 0)
-            complete = after == len(wrapped) and set(map(type, block)) == {list}
-        except (ValueError, StopIteration, RecursionError):
+            block = _decode_block(wrapped, surrogates=surrogates)
+            complete = set(map(type, block)) == {list}
+        except (ValueError, RecursionError):
             complete = False
         if not complete:
             # Cut inside a row (adjacent multi-valued fields) or an error: back off for a while.
@@ -365,6 +360,19 @@ class ArrayRows:
         pending, _ = self._decoder.getstate()
         self.rest = text[after:].encode() + pending
         self._text, self._pos = "", 0
+
+
+def _decode_block(text: str, *, surrogates: bool) -> list[Any]:
+    """The JSON array ``text``, read as ``json.loads`` reads it: by orjson, unless the text may hold
+    what orjson reads otherwise (an escaped surrogate, an integer beyond 64 bits), then by the json
+    module. ValueError when it is not whole JSON."""
+    data = text.encode()
+    if surrogates or data.translate(_DIGITS_AS_ZERO).find(_LONG_NUMBER) >= 0:
+        block, after = _decode_value(text, 0)
+        if after != len(text):
+            raise ValueError("text after the rows")
+        return block  # type: ignore[no-any-return]
+    return orjson.loads(data)  # type: ignore[no-any-return]
 
 
 def _deeper_than(rows: list[list[Any]], room: int) -> bool:
