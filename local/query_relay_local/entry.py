@@ -13,6 +13,9 @@ EXIT_USAGE = 2
 
 def main() -> int:
     try:
+        from query_relay_local.template import apply_powertools_environment  # noqa: PLC0415 - the extra
+
+        apply_powertools_environment()  # before query_relay is imported: its Logger and Metrics read it
         from query_relay_local.cli import main as cli_main  # noqa: PLC0415 - imports the extra
 
         return cli_main()

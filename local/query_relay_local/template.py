@@ -8,6 +8,7 @@ name, parameter defaults (or overrides).
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -180,6 +181,25 @@ def local_bucket_name(logical_id: str) -> str:
 def local_table_name(logical_id: str) -> str:
     """``ControlTable`` -> ``query-relay-local-control-table``."""
     return local_bucket_name(logical_id)
+
+
+# What Powertools reads as query_relay.observability creates its Logger and Metrics, on import.
+POWERTOOLS_VARIABLES = ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE")
+
+
+def apply_powertools_environment(path: Path = DEFAULT_TEMPLATE_PATH) -> None:
+    """Give this process the service name and metrics namespace the template gives its functions,
+    where it has none: the code names neither, and Powertools reads them as ``query_relay`` is
+    imported. Whatever runs the handlers outside Lambda (the CLI, the tests) calls this before
+    importing ``query_relay``, so that their log lines and metrics read as the local stack's."""
+    missing = [variable for variable in POWERTOOLS_VARIABLES if variable not in os.environ]
+    if not missing:
+        return
+    environments = [function.environment for function in load_template(path).functions.values()]
+    for variable in missing:
+        values = {environment[variable] for environment in environments if variable in environment}
+        if len(values) == 1:  # Globals: every function has the same
+            os.environ[variable] = values.pop()
 
 
 def load_template(

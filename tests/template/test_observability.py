@@ -50,7 +50,7 @@ PSEUDO = {
 }
 # Alarm -> the metric it watches (namespace, name, dimension, the resource or value the dimension names).
 SINGLE_METRIC_ALARMS = {
-    "FailedJobsAlarm": ("QueryRelay", "JobsFailed", "service", "query-relay"),
+    "FailedJobsAlarm": ("QueryRelay", "JobsFailed", "service", {"Ref": "AWS::StackName"}),
     "ResultNotAnnouncedAlarm": (
         "AWS/Lambda",
         "Invocations",
@@ -279,7 +279,12 @@ def deployed_functions(resources: dict[str, Any], *, consumer: bool) -> set[str]
 
 @pytest.fixture(scope="module")
 def app_environment(template: dict[str, Any]) -> dict[str, Any]:
-    return dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    """The functions' Globals environment, as the stack named PSEUDO's gets it."""
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    return {
+        name: PSEUDO[value["Ref"]] if isinstance(value, dict) and value.get("Ref") in PSEUDO else value
+        for name, value in variables.items()
+    }
 
 
 # --- the metrics the code emits ----------------------------------------------------------------
@@ -299,21 +304,45 @@ def test_the_collector_refuses_a_metric_call_it_cannot_read() -> None:
     assert len(problems) == 3, problems
 
 
-def test_the_code_emits_each_metric_in_the_namespace_and_service_the_functions_are_given(
-    app_environment: dict[str, Any], resources: dict[str, Any]
+def test_the_code_names_no_service_or_namespace_and_the_template_gives_the_stacks_own(
+    template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    # The one Metrics() emits in POWERTOOLS_METRICS_NAMESPACE with dimension service=SERVICE
-    assert app_environment["POWERTOOLS_METRICS_NAMESPACE"] == observability.DEFAULT_METRICS_NAMESPACE
-    assert app_environment["POWERTOOLS_SERVICE_NAME"] == observability.SERVICE
-    assert observability.metrics.service == observability.SERVICE
-    # and no function is given a namespace of its own
+    # Powertools reads both from the environment: observability creates Logger, Metrics and Tracer
+    # with no arguments (one place, the template)
+    tree = ast.parse(Path(observability.__file__).read_text())
+    created = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in {"Logger", "Metrics", "Tracer"}
+    ]
+    assert sorted(node.func.id for node in created if isinstance(node.func, ast.Name)) == [
+        "Logger",
+        "Metrics",
+        "Tracer",
+    ]
+    assert [(node.args, node.keywords) for node in created] == [([], [])] * 3
+    # The service (each metric's one dimension) is the stack: two stacks in one account never add up
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "QueryRelay"
+    # and no function is given a service or namespace of its own
     overridden = [
-        name
+        (name, variable)
         for name, res in functions_of(resources).items()
-        if "POWERTOOLS_METRICS_NAMESPACE"
-        in ((res["Properties"].get("Environment") or {}).get("Variables") or {})
+        for variable in ("POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_SERVICE_NAME")
+        if variable in ((res["Properties"].get("Environment") or {}).get("Variables") or {})
     ]
     assert overridden == []
+
+
+def test_the_code_emits_its_metrics_in_the_namespace_and_service_the_process_is_given() -> None:
+    # tests/conftest.py gave this process the local stack's, as Lambda gives a function the template's
+    from query_relay_local.template import LOCAL_STACK_NAME  # noqa: PLC0415
+
+    assert observability.metrics.service == LOCAL_STACK_NAME
+    assert observability.logger.service == LOCAL_STACK_NAME
 
 
 def test_every_metric_the_code_emits_is_on_the_dashboard(
@@ -473,12 +502,15 @@ def test_each_alarm_watches_its_metric(resources: dict[str, Any]) -> None:
 
 
 def test_the_failed_jobs_alarm_watches_a_metric_the_code_emits(
-    emitted: dict[str, list[EmittedMetric]], app_environment: dict[str, Any]
+    emitted: dict[str, list[EmittedMetric]], app_environment: dict[str, Any], template: dict[str, Any]
 ) -> None:
     namespace, metric, dimension, value = SINGLE_METRIC_ALARMS["FailedJobsAlarm"]
     assert metric in emitted
     assert namespace == app_environment["POWERTOOLS_METRICS_NAMESPACE"]
-    assert (dimension, value) == ("service", app_environment["POWERTOOLS_SERVICE_NAME"])
+    assert (dimension, value) == (
+        "service",
+        template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"],
+    )
 
 
 def test_the_unannounced_function_runs_only_when_a_result_was_not_announced(

@@ -12,6 +12,7 @@ import pytest
 from query_relay_local.template import (
     LOCAL_ACCOUNT_ID,
     LOCAL_REGION,
+    LOCAL_STACK_NAME,
     TemplateError,
     load_template,
     local_function_arn,
@@ -68,7 +69,7 @@ def test_function_settings_merge_globals_with_the_function() -> None:
     assert (cleanup.timeout_seconds, cleanup.memory_mb) == (60, 256)
     # Globals environment plus the function's own variables, intrinsics resolved
     assert submit.environment["SUBMIT_WAIT_SECONDS"] == "2"
-    assert submit.environment["POWERTOOLS_SERVICE_NAME"] == "query-relay"
+    assert submit.environment["POWERTOOLS_SERVICE_NAME"] == LOCAL_STACK_NAME  # !Ref AWS::StackName
     assert submit.environment["POWERTOOLS_LOG_LEVEL"] == "INFO"
     assert submit.environment["CONNECTION_SECRET_PREFIX"] == "query-relay/connections/"
     assert submit.environment["RESULTS_BUCKET"] == template.buckets["ResultsBucket"]

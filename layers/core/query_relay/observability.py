@@ -5,6 +5,11 @@ Every log line a job's work writes carries the job id as Powertools' ``correlati
 ``inject_lambda_context(clear_state=True)``, so a warm container starts each invocation without the
 keys of the one before.
 
+The service name and the metrics namespace are the template's (``POWERTOOLS_SERVICE_NAME``, the
+stack's name, and ``POWERTOOLS_METRICS_NAMESPACE``), read by Powertools as these objects are
+created: the code names neither. Outside Lambda, whatever imports this first sets them from the
+template (``query_relay_local.template.apply_powertools_environment``: the CLI and the tests).
+
 X-Ray tracing is opt-in (template parameter ``Tracing``, handed to the functions as
 ``QUERY_RELAY_TRACING``): Powertools' Tracer imports the X-Ray SDK as it is created, even when
 disabled, which added 250-340 ms to each handler's import here (README "Cold start"). Without tracing the
@@ -21,9 +26,6 @@ from aws_lambda_powertools import Logger, Metrics
 
 H = TypeVar("H", bound=Callable[..., object])
 
-SERVICE = "query-relay"
-# template.yaml sets POWERTOOLS_METRICS_NAMESPACE for every function; tools outside Lambda get this.
-DEFAULT_METRICS_NAMESPACE = "QueryRelay"
 # template.yaml sets it from the Tracing parameter: "Active" or "PassThrough".
 TRACING_VARIABLE = "QUERY_RELAY_TRACING"
 
@@ -51,14 +53,12 @@ def _tracer() -> HandlerTracer:
     from aws_lambda_powertools import Tracer  # noqa: PLC0415 - the X-Ray SDK only when tracing
 
     # Its decorator wraps the handler in one that takes and returns what the handler does.
-    return cast(HandlerTracer, Tracer(service=SERVICE))
+    return cast(HandlerTracer, Tracer())
 
 
-logger = Logger(service=SERVICE)
+logger = Logger()
 tracer = _tracer()
-metrics = Metrics(
-    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE), service=SERVICE
-)
+metrics = Metrics()
 
 
 def log_job(job_id: str, **keys: object) -> None:
