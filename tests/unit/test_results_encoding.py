@@ -334,6 +334,53 @@ def test_csv_batch_is_what_the_csv_writer_wrote_row_by_row() -> None:
     )
 
 
+@pytest.mark.parametrize("name", list(TRICKY_COLUMNS))
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_csv_batch_of_tricky_columns_is_what_the_csv_writer_wrote(name: str, width: int) -> None:
+    # One column of a kind, beside plain ones: the column-by-column path or the csv module's
+    rows = [[value, *range(width - 1)] for value in TRICKY_COLUMNS[name]]
+    names = [f"c{index}" for index in range(width)]
+    encoder = _CsvEncoder(columns(*names))
+    assert encoder.header() + encoder.encode(rows) == csv_row_by_row(names, rows)
+
+
+# Text that csv quotes (the delimiter, the quote, line ends), or leaves as it is.
+CSV_TEXT = st.text(alphabet=st.sampled_from(["a", " ", ",", '"', "\r", "\n", "é", "x"]), max_size=6)
+CSV_COLUMN_VALUES = st.sampled_from(
+    [
+        CSV_TEXT,
+        CSV_TEXT | st.none(),
+        st.integers(),
+        st.integers() | st.none(),
+        st.floats(),
+        st.floats(allow_nan=False, allow_infinity=False) | st.integers() | st.none(),
+        st.booleans(),
+        st.booleans() | st.none(),
+        st.none(),
+        JSON_VALUES,
+    ]
+)
+
+
+@st.composite
+def csv_tables(draw: st.DrawFn) -> tuple[list[str], list[list[Any]]]:
+    kinds = [draw(CSV_COLUMN_VALUES) for _ in range(draw(st.integers(min_value=1, max_value=4)))]
+    count = draw(st.integers(min_value=1, max_value=6))
+    return [f"c{index}" for index in range(len(kinds))], [
+        [draw(kind) for kind in kinds] for _ in range(count)
+    ]
+
+
+@SETTINGS
+@given(csv_tables())
+def test_csv_batch_is_what_the_csv_writer_wrote_row_by_row_for_generated_tables(
+    table: tuple[list[str], list[list[Any]]],
+) -> None:
+    names, rows = table
+    encoder = _CsvEncoder(columns(*names))
+    assert encoder.header() + encoder.encode(rows) == csv_row_by_row(names, rows)
+
+
 # --- parts ---------------------------------------------------------------------------------------
 
 

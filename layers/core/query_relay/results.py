@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -414,6 +414,13 @@ class _CsvEncoder:
 
     def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
         _check_widths(rows, len(self._names))
+        if rows and len(self._names) > 1 and (fields := _csv_columns(rows)) is not None:
+            pieces: list[Iterable[str]] = []
+            for field in fields:
+                pieces += (field, repeat(","))
+            pieces[-1] = repeat("\r\n")
+            # zip(*pieces) gives each record's pieces in order; it ends with the fields.
+            return _utf8("".join(chain.from_iterable(zip(*pieces, strict=False))))
         # Most values are written as they are; checking their types in C first saves a call per value.
         kinds = set(map(type, chain.from_iterable(rows)))
         self._writer.writerows(rows if _CSV_AS_IS.issuperset(kinds) else map(_csv_fields, rows))
@@ -427,6 +434,42 @@ class _CsvEncoder:
 
 # Types csv writes the way the CSV format of this project spells them (bool is not int here).
 _CSV_AS_IS = frozenset({str, int, float, type(None)})
+_NUMBERS = frozenset({int, float, type(None)})
+_BOOLEANS = {True: "true", False: "false", None: ""}
+_NONE_AS_EMPTY = {None: ""}
+# What makes csv quote a field (QUOTE_MINIMAL: the delimiter, the quote, a line end).
+_CSV_SPECIAL = (",", '"', "\r", "\n")
+
+
+def _csv_columns(rows: Sequence[Sequence[Any]]) -> list[Iterable[str]] | None:
+    """Each column's fields spelt as csv.writer spells them, by C functions only (a column of text
+    that needs quoting aside), or None when a column holds what only the csv module spells (a
+    nested value, a mix of booleans and other types, a NaN): then the batch goes through it. Rows of
+    one column are left to it too (it quotes a lone empty field)."""
+    fields: list[Iterable[str]] = []
+    for column in zip(*rows, strict=True):
+        kinds = set(map(type, column))
+        if kinds <= _NUMBERS:  # str() is what csv writes; None is an empty field
+            texts = list(map(str, map(_NONE_AS_EMPTY.get, column, column)))
+            if float in kinds and "n" in "".join(texts):  # nan, inf: the rule makes them empty
+                return None
+        elif kinds <= {str, type(None)}:
+            texts = list(map(_NONE_AS_EMPTY.get, column, column))
+            joined = "".join(texts)
+            if any(special in joined for special in _CSV_SPECIAL):
+                texts = list(map(_csv_quoted, texts))
+        elif kinds <= {bool, type(None)}:
+            texts = list(map(_BOOLEANS.__getitem__, column))
+        else:
+            return None
+        fields.append(texts)
+    return fields
+
+
+def _csv_quoted(text: str) -> str:
+    if any(special in text for special in _CSV_SPECIAL):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _csv_fields(row: Sequence[Any]) -> Sequence[Any]:
