@@ -193,7 +193,7 @@ def apply_powertools_environment(path: Path = DEFAULT_TEMPLATE_PATH) -> None:
     imported. Whatever runs the handlers outside Lambda (the CLI, the tests) calls this before
     importing ``query_relay``, so that their log lines and metrics read as the local stack's."""
     missing = [variable for variable in POWERTOOLS_VARIABLES if variable not in os.environ]
-    if not missing:
+    if not missing or not path.is_file():  # installed without the clone's template: Powertools' defaults
         return
     environments = [function.environment for function in load_template(path).functions.values()]
     for variable in missing:

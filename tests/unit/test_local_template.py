@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from query_relay_local.template import (
     LOCAL_ACCOUNT_ID,
     LOCAL_REGION,
     LOCAL_STACK_NAME,
+    POWERTOOLS_VARIABLES,
     TemplateError,
+    apply_powertools_environment,
     load_template,
     local_function_arn,
 )
@@ -306,3 +309,18 @@ def test_join_select_and_split_resolve_like_cloudformation(tmp_path: Path) -> No
     assert environment["STACK_UUID"] == stack_uuid
     assert environment["GROUP"] == f"group-{stack_uuid}"
     assert environment["PARTS"] == "a,other-stack,c"
+
+
+def test_the_powertools_environment_is_the_templates_and_never_overrides_the_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for variable in POWERTOOLS_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    # Without a template (installed from the wheel): Powertools' own defaults, nothing raised
+    apply_powertools_environment(tmp_path / "template.yaml")
+    assert [variable for variable in POWERTOOLS_VARIABLES if variable in os.environ] == []
+    # With one: the service is the local stack's name, the namespace the template's
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Mine")
+    apply_powertools_environment()
+    assert os.environ["POWERTOOLS_SERVICE_NAME"] == LOCAL_STACK_NAME
+    assert os.environ["POWERTOOLS_METRICS_NAMESPACE"] == "Mine"
