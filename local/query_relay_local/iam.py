@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -158,6 +159,9 @@ class Principal:
         )
 
 
+_FEATURE_TOGGLE_LOG = logging.getLogger("samtranslator.feature_toggle.feature_toggle")
+
+
 def sam_translate(template: LocalTemplate) -> dict[str, Any]:
     """template.yaml as CloudFormation receives it after the SAM transform (samtranslator itself;
     intrinsics left as they are)."""
@@ -176,11 +180,18 @@ def sam_translate(template: LocalTemplate) -> dict[str, Any]:
         "AWS::Partition": LOCAL_PARTITION,
         "AWS::StackName": LOCAL_STACK_NAME,
     }
-    translated: dict[str, Any] = translator.translate(
-        document,
-        parameter_values={**template.parameter_values, **pseudo},
-        get_managed_policy_map=dict,  # the template names no managed policy by name
-    )
+    # Without a feature-toggle configuration every SAM feature is off, and the translator warns once
+    # for each feature it asks about: lines on the user's terminal (make demo) that say nothing.
+    level = _FEATURE_TOGGLE_LOG.level
+    _FEATURE_TOGGLE_LOG.setLevel(logging.ERROR)
+    try:
+        translated: dict[str, Any] = translator.translate(
+            document,
+            parameter_values={**template.parameter_values, **pseudo},
+            get_managed_policy_map=dict,  # the template names no managed policy by name
+        )
+    finally:
+        _FEATURE_TOGGLE_LOG.setLevel(level)
     return translated
 
 

@@ -3,11 +3,13 @@ against (moto checks non-S3 actions against "*", which no scoped grant matches).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
-from query_relay_local.iam import _keys_to_delete, request_resource
+from query_relay_local.iam import _keys_to_delete, request_resource, sam_translate
+from query_relay_local.template import load_template
 
 REGION, ACCOUNT = "eu-west-1", "111122223333"
 TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/control"
@@ -50,3 +52,16 @@ def test_the_keys_of_a_delete_objects_body_are_each_checked() -> None:
         b"<Quiet>true</Quiet></Delete>"
     )
     assert _keys_to_delete(body) == ["a/part-00000.jsonl", "a/_manifest.json"]
+
+
+def test_translating_the_template_writes_no_warning_and_leaves_the_loggers_as_they_were(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The translator warns for each feature toggle it asks about (make demo printed them)
+    toggles = logging.getLogger("samtranslator.feature_toggle.feature_toggle")
+    before = toggles.level
+    with caplog.at_level(logging.WARNING):
+        translated = sam_translate(load_template())
+    assert "Resources" in translated
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("samtranslator")] == []
+    assert toggles.level == before
