@@ -180,8 +180,10 @@ def sam_translate(template: LocalTemplate) -> dict[str, Any]:
         "AWS::Partition": LOCAL_PARTITION,
         "AWS::StackName": LOCAL_STACK_NAME,
     }
-    # Without a feature-toggle configuration every SAM feature is off, and the translator warns once
-    # for each feature it asks about: lines on the user's terminal (make demo) that say nothing.
+    # Lines on the user's terminal (make demo) that say nothing: without a feature-toggle
+    # configuration every SAM feature is off, and the translator warns once for each it asks about;
+    # the metrics it records, left unpublished, are warned about whenever the object is collected
+    # (so they are handed to its own dummy publisher).
     level = _FEATURE_TOGGLE_LOG.level
     _FEATURE_TOGGLE_LOG.setLevel(logging.ERROR)
     try:
@@ -192,6 +194,7 @@ def sam_translate(template: LocalTemplate) -> dict[str, Any]:
         )
     finally:
         _FEATURE_TOGGLE_LOG.setLevel(level)
+        translator.metrics.publish()
     return translated
 
 
