@@ -56,7 +56,6 @@ from urllib.parse import unquote, urlsplit
 
 import boto3
 import httpx
-from boto3.s3.transfer import TransferConfig
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -265,19 +264,9 @@ def sink_upload(s3_url: str, answer_path: Path) -> float:
     """Seconds to upload the answer's bytes to S3 as Fetch uploads a part (query_relay.results)."""
     # Imported here: Fetch's children import this module, and must import query_relay only once
     # run_fetch_in_child has set the environment Powertools reads as it is first imported.
-    from query_relay.results import (  # noqa: PLC0415
-        _IN_MEMORY_UPLOAD_CHUNKS,
-        _UPLOAD_CONCURRENCY,
-        MULTIPART_CHUNK_BYTES,
-    )
+    from query_relay.results import upload_config  # noqa: PLC0415
 
-    config = TransferConfig(
-        multipart_threshold=MULTIPART_CHUNK_BYTES,
-        multipart_chunksize=MULTIPART_CHUNK_BYTES,
-        max_concurrency=_UPLOAD_CONCURRENCY,
-        preferred_transfer_client="classic",
-    )
-    config.max_in_memory_upload_chunks = _IN_MEMORY_UPLOAD_CHUNKS
+    config = upload_config()
     s3 = _client("s3", s3_url)
     with answer_path.open("rb", buffering=0) as file, io.BufferedReader(_OneWayReader(file)) as body:
         started = time.perf_counter()

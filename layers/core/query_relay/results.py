@@ -86,6 +86,21 @@ class ObjectsNotDeleted(RuntimeError):
     """S3 refused to delete some objects (DeleteObjects reports these per key, without raising)."""
 
 
+def upload_config() -> TransferConfig:
+    """How every part goes up: in MULTIPART_CHUNK_BYTES chunks, a few at a time (bench/fetch.py
+    uploads its S3 sink baseline with it too)."""
+    config = TransferConfig(
+        multipart_threshold=MULTIPART_CHUNK_BYTES,
+        multipart_chunksize=MULTIPART_CHUNK_BYTES,
+        max_concurrency=_UPLOAD_CONCURRENCY,
+        # The classic manager honours the bounds below; CRT may be picked on some hosts otherwise.
+        preferred_transfer_client="classic",
+    )
+    # Not a constructor argument of boto3's TransferConfig, but read by s3transfer (default 10).
+    config.max_in_memory_upload_chunks = _IN_MEMORY_UPLOAD_CHUNKS
+    return config
+
+
 class ResultWriter:
     def __init__(self, s3_client: S3Client, bucket: str, *, part_max_bytes: int) -> None:
         if part_max_bytes < 1:
@@ -93,15 +108,7 @@ class ResultWriter:
         self._s3 = s3_client
         self._bucket = bucket
         self._part_max_bytes = part_max_bytes
-        self._transfer_config = TransferConfig(
-            multipart_threshold=MULTIPART_CHUNK_BYTES,
-            multipart_chunksize=MULTIPART_CHUNK_BYTES,
-            max_concurrency=_UPLOAD_CONCURRENCY,
-            # The classic manager honours the bounds below; CRT may be picked on some hosts otherwise.
-            preferred_transfer_client="classic",
-        )
-        # Not a constructor argument of boto3's TransferConfig, but read by s3transfer (default 10).
-        self._transfer_config.max_in_memory_upload_chunks = _IN_MEMORY_UPLOAD_CHUNKS
+        self._transfer_config = upload_config()
 
     @property
     def bucket(self) -> str:
