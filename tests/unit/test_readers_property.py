@@ -417,11 +417,13 @@ def _array_of_rows(value: Any) -> list[Any]:
     return _rows_of(value)
 
 
-def read_array_rows(chunks: Iterable[bytes]) -> list[list[Any]]:
+def read_array_rows(chunks: Iterable[bytes], *, keep: bool = True) -> Any:
     """A body that is one array of rows, read by ArrayRows from just after its "[" (as PathReader
-    hands it on); ArrayRows' ValueErrors become protocol errors, as in PathReader."""
+    hands it on); ArrayRows' ValueErrors become protocol errors, as in PathReader. Only counted
+    (as for a native result) unless ``keep``: then the count."""
     row_text, head, rest = ArrayRows(), b"", b""
     rows: list[list[Any]] = []
+    count = 0
     try:
         for chunk in chunks:
             if row_text.done:
@@ -435,7 +437,7 @@ def read_array_rows(chunks: Iterable[bytes]) -> list[list[Any]]:
                 if not head.startswith(b"["):
                     raise WHERE.protocol_error("not an array")
                 text = head[1:]
-            row_text.feed(text, rows)
+            count += row_text.feed(text, rows if keep else None)
         if not head.startswith(b"["):
             raise WHERE.protocol_error("no document")
         if not row_text.done:
@@ -444,7 +446,12 @@ def read_array_rows(chunks: Iterable[bytes]) -> list[list[Any]]:
         raise WHERE.protocol_error(f"not rows ({type(error).__name__}: {error})") from None
     if (row_text.rest + rest).strip(b" \t\n\r"):
         raise WHERE.protocol_error("trailing garbage")
-    return rows
+    assert count == len(rows) or not keep
+    return rows if keep else count
+
+
+def count_array_rows(chunks: Iterable[bytes]) -> Any:
+    return read_array_rows(chunks, keep=False)
 
 
 def _run_collect(chunks: Iterable[bytes]) -> Any:
@@ -482,6 +489,20 @@ def _run_rows(chunks: Iterable[bytes]) -> Any:
     assert read(counter, chunks) == []
     assert reader.item_count == counter.item_count == len(rows)
     return [rows, reader.first("id"), reader.first("columns")]
+
+
+def _run_counted_rows(chunks: Iterable[bytes]) -> Any:
+    """Rows only counted (a native result), by a reader of its own: it must refuse by itself what
+    the reader that keeps them refuses."""
+    counter = rows_reader()
+    counter.keep_items = False
+    assert read(counter, chunks) == []
+    return [counter.item_count, counter.first("id"), counter.first("columns")]
+
+
+def _expect_counted_rows(value: Any) -> Any:
+    rows, *rest = _expect_rows(value)
+    return [len(rows), *rest]
 
 
 def _expect_rows(value: Any) -> Any:
@@ -542,7 +563,9 @@ READERS = [
     Reader("items", _run_items, _expect_items),
     Reader("top-level items", _run_top_items, _array),
     Reader("rows", _run_rows, _expect_rows),
+    Reader("rows counted", _run_counted_rows, _expect_counted_rows),
     Reader("ArrayRows", read_array_rows, _array_of_rows),
+    Reader("ArrayRows counted", count_array_rows, lambda value: len(_array_of_rows(value))),
     Reader("esql", _run_esql, _expect_esql),
     Reader("looker json_detail", _run_looker, _expect_looker),
     Reader("veza", _run_veza, None),

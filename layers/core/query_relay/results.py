@@ -579,7 +579,8 @@ class _PartStream(io.RawIOBase):
             while len(self._pending) < len(target) and not self._exhausted:
                 self._produce()
             size = min(len(target), len(self._pending))
-            target[:size] = self._pending[:size]
+            with memoryview(self._pending) as pending:  # released before the del below
+                target[:size] = pending[:size]
         # Deleting from the front of a bytearray is cheap in CPython (it moves a start offset).
         del self._pending[:size]
         return size

@@ -308,10 +308,8 @@ class PathReader:
         row_text = self._row_text
         assert row_text is not None
         rows: list[Any] = []
-        with self._row_errors():
-            self.item_count += row_text.feed(chunk, rows)
-        if not self.keep_items:
-            rows = []
+        with self._row_errors():  # rows not kept are only counted (not built, where that can be)
+            self.item_count += row_text.feed(chunk, rows if self.keep_items else None)
         if row_text.done:
             # ijson saw the rows' "[" last: the "]" closes them for it, then the rest follows.
             self._row_text, self.in_rows = None, False

@@ -24,15 +24,19 @@ rows walked (``_deeper_than``).
 from __future__ import annotations
 
 import codecs
+import functools
 import gc
 import json
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from query_relay.models import MAX_NESTING
+
+if TYPE_CHECKING:
+    import msgspec
 
 
 def _no_constants(name: str) -> Any:
@@ -55,6 +59,12 @@ _decode_value = _ROW_DECODER.raw_decode
 # would read as a float (at least 20 digits, or 19 with a minus sign). Two C passes over the bytes.
 _DIGITS_AS_ZERO = bytes(ord("0") if ord("0") <= byte <= ord("9") else byte for byte in range(256))
 _LONG_NUMBER = b"0" * 19
+# Rows only counted are checked by msgspec, which does not read their numbers: a float too large
+# for a double (which the rule refuses) has an exponent of three digits or more, or hundreds of
+# digits before it. With every digit "0", "E" "e" and "+" dropped, either is found by one search.
+_NUMBER_SHAPES = _DIGITS_AS_ZERO.translate(bytes.maketrans(b"E", b"e"))
+_LONG_EXPONENT = b"e000"
+_HUGE_MANTISSA = b"0" * 300  # the largest double has 309 digits; shorter ones cannot overflow
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 # A row that fails to decode this close to the end of the text read so far may only be cut short.
@@ -235,13 +245,13 @@ class ArrayRows:
         text, pos, end = self._text, self._pos, len(self._text)
         whitespace = _JSON_WHITESPACE.match
         # ijson spells an escaped surrogate without its pair "?"; json keeps it (and UTF-8 cannot).
-        surrogates = "\\ud" in text or "\\uD" in text
+        # Rows only counted are not spelt: a block holding one is still read (row by row).
+        surrogates = rows is not None and ("\\ud" in text or "\\uD" in text)
         count = 0
         # A row that was cut short is decoded by itself, the rows after it a block at a time.
-        blocks = rows is not None and self._end is None
+        blocks = self._end is None
         while True:
             if blocks and self._expect_row:
-                assert rows is not None
                 read, pos = self._read_block(text, pos, rows, surrogates=surrogates)
                 count += read
                 blocks = False
@@ -280,7 +290,7 @@ class ArrayRows:
             count += 1
             pos, self._expect_row, self._first = after, False, False
             if self._end is not None:
-                self._end, blocks = None, rows is not None
+                self._end, blocks = None, True
         if pos >= end:  # nothing left to keep (the text may be a row of 100 MB)
             self._text, pos = "", 0
         self._pos = pos
@@ -289,6 +299,13 @@ class ArrayRows:
     def _decode_row(self, text: str, pos: int, *, final: bool) -> tuple[Any, int] | None:
         """The value at ``pos`` and the position after it, or None when the text ends before it does
         (its text is then kept in ``_pieces``, and ``_end`` follows it)."""
+        if not final and self._end is None and text.find("]", pos) < 0:
+            # No row ends in this text (the last of a chunk, mostly): cut short, unless ValueEnd
+            # finds it whole (a character no JSON has), which the decoder then words.
+            end = ValueEnd(text, pos)
+            if not end.whole:
+                self._end, self._pieces = end, [text[pos:]]
+                return None
         try:
             try:
                 return _decode_value(text, pos)
@@ -305,13 +322,15 @@ class ArrayRows:
             self._pieces = [text[pos:]]
             return None
 
-    def _read_block(self, text: str, pos: int, rows: list[list[Any]], *, surrogates: bool) -> tuple[int, int]:
-        """Decode every row that ends before the last ``],[`` of the text in one call (no Python
-        code per row): (rows decoded, position after them). The text up to that ``]`` is a prefix of
-        the array's content, so wrapped in brackets it decodes only if it ends exactly at the end of
+    def _read_block(
+        self, text: str, pos: int, rows: list[list[Any]] | None, *, surrogates: bool
+    ) -> tuple[int, int]:
+        """Read every row that ends before the last ``],[`` of the text in one call (no Python
+        code per row): (rows read, position after them). The text up to that ``]`` is a prefix of
+        the array's content, so wrapped in brackets it is JSON only if it ends exactly at the end of
         a row: cut inside a string or inside a nested array, it is an error, and the rows are read
         one by one instead (which also words any error in the text). (0, pos) when nothing was
-        decoded here."""
+        read here. Rows only counted (``rows`` None) are checked, not built, where msgspec can."""
         if self._skip_blocks:
             self._skip_blocks -= 1
             return 0, pos
@@ -319,23 +338,25 @@ class ArrayRows:
         if cut < 0:
             return 0, pos
         wrapped = "[" + text[pos : cut + 1] + "]"
-        try:
-            block = _decode_block(wrapped, surrogates=surrogates)
-            complete = set(map(type, block)) == {list}
-        except (ValueError, RecursionError):
-            complete = False
-        if not complete:
-            # Cut inside a row (adjacent multi-valued fields) or an error: back off for a while.
-            self._block_misses += 1
-            self._skip_blocks = min(2**self._block_misses - 1, _MAX_SKIPPED_BLOCKS)
-            return 0, pos
+        counted = None if rows is not None else _counted_rows(wrapped, self._room)
+        if counted is None:
+            try:
+                block = _decode_block(wrapped, surrogates=surrogates)
+                complete = set(map(type, block)) == {list}
+            except (ValueError, RecursionError):
+                complete = False
+            if not complete:
+                # Cut inside a row (adjacent multi-valued fields) or an error: back off for a while.
+                self._block_misses += 1
+                self._skip_blocks = min(2**self._block_misses - 1, _MAX_SKIPPED_BLOCKS)
+                return 0, pos
+            self._check_depth(block, text, pos, cut + 1)
+            if rows is not None:
+                rows += [_without_lone_surrogates(row) for row in block] if surrogates else block
+            counted = len(block)
         self._block_misses = 0
-        self._check_depth(block, text, pos, cut + 1)
-        if surrogates:
-            block = [_without_lone_surrogates(row) for row in block]
-        rows += block
         self._expect_row, self._first = False, False
-        return len(block), cut + 1
+        return counted, cut + 1
 
     def _shallow_by_end(self) -> bool:
         """Whether the row just decoded from pieces nests within the room by what ``ValueEnd``
@@ -373,6 +394,46 @@ def _decode_block(text: str, *, surrogates: bool) -> list[Any]:
             raise ValueError("text after the rows")
         return block  # type: ignore[no-any-return]
     return orjson.loads(data)  # type: ignore[no-any-return]
+
+
+def _counted_rows(text: str, room: int) -> int | None:
+    """How many rows the JSON array ``text`` holds, checked by msgspec without building a Python
+    object per value, or None when it cannot tell that json.loads reads them as rows within the
+    room (then the rows are decoded to be sure, and errors worded). msgspec checks the syntax (it
+    refuses NaN, and a lone surrogate escape, which the rule reads as "?") but not what a number
+    reads as: a float that may overflow is left to the decoders. UTF-8 was checked as the chunk was
+    decoded. Each row must be an array: joined with a NUL (no JSON text holds one raw), every
+    row but the first follows a NUL, and the first is the joined text's first character."""
+    data = text.encode()
+    shapes = data.translate(_NUMBER_SHAPES, b"+")
+    if shapes.find(_LONG_EXPONENT) >= 0 or shapes.find(_HUGE_MANTISSA) >= 0:
+        return None
+    try:
+        found = _raw_rows().decode(data)
+    except ValueError:  # msgspec.DecodeError
+        return None
+    if not found:  # no rows: not a block of rows (an empty "[]" is never one)
+        return None
+    # As _check_depth: the brackets beyond the wrapping one and the rows' own bound how deep a row
+    # nests; when they allow too deep a row, the decoded rows are walked.
+    inner = data.count(b"[") - 1 - len(found)
+    if data.find(b"{") >= 0:
+        inner += data.count(b"{")
+    if 1 + inner > room:
+        return None
+    joined = b"\x00".join(found)
+    if joined[:1] != b"[" or joined.count(b"\x00[") != len(found) - 1:
+        return None
+    return len(found)
+
+
+@functools.cache
+def _raw_rows() -> msgspec.json.Decoder[list[msgspec.Raw]]:
+    """A JSON array's items as their text, checked and not decoded (imported on first use: only
+    rows that are counted need msgspec, and a Fetch that writes them pays its import)."""
+    import msgspec  # noqa: PLC0415
+
+    return msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def _deeper_than(rows: list[list[Any]], room: int) -> bool:
