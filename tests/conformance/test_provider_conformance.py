@@ -6,7 +6,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from query_relay.exceptions import (
     UpstreamAuthFailed,
@@ -15,7 +17,7 @@ from query_relay.exceptions import (
     UpstreamTaskExpired,
     UpstreamUnavailable,
 )
-from query_relay.models import parse_connection
+from query_relay.models import OutputSpec, parse_connection
 from query_relay.providers import (
     FetchedResult,
     NativeResult,
@@ -25,6 +27,7 @@ from query_relay.providers import (
     open_provider,
     validate_query,
 )
+from query_relay.results import Landed, ResultWriter, WrittenResult
 
 from .harnesses import ProviderHarness
 from .registry import HARNESSES
@@ -192,3 +195,74 @@ def test_rate_limits_carry_the_retry_after(harness: ProviderHarness, emulator: A
     harness.fail_next(emulator, "poll", 429, retry_after=9)
     status = provider.poll(upstream_id, state, 0)
     assert (status.finished, status.retry_after_seconds) == (False, 9)
+
+
+# --- a Fetch that stops early and the next that goes on --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[Any]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=RESUME_BUCKET)
+    yield client
+    server.stop()
+
+
+RESUME_BUCKET = "conformance-results"
+
+
+def stored(s3: Any, written: WrittenResult, prefix: str) -> list[tuple[str, int, str, bytes]]:
+    """Each object's key (under ``prefix``), rows, sha256 and bytes, in order."""
+    return [
+        (
+            entry.key.removeprefix(prefix),
+            entry.rows,
+            entry.sha256,
+            s3.get_object(Bucket=RESUME_BUCKET, Key=entry.key)["Body"].read(),
+        )
+        for entry in written.objects
+    ]
+
+
+@pytest.mark.parametrize("output", ["jsonl", "jsonl.gz", "csv", "csv.gz"])
+def test_a_fetch_stopped_after_every_part_lands_the_bytes_of_one_fetch(
+    harness: ProviderHarness, emulator: Any, s3: Any, output: str
+) -> None:
+    # Given a finished query, and parts of about a quarter of its rows' bytes
+    provider = provider_for(harness, emulator)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
+    state = poll_until_finished(provider, upstream_id, state)
+    output_format, _, gz = output.partition(".")
+    spec = OutputSpec(format=output_format, compression="gzip" if gz else "none")  # type: ignore[arg-type]
+    probe = f"{harness.provider}/{output}/probe/"
+    with provider.fetch(upstream_id, state, spec.format) as result:
+        plain = ResultWriter(s3, RESUME_BUCKET, part_max_bytes=2**40)
+        size = plain.write(probe, result, OutputSpec(format=spec.format)).byte_count
+    writer = ResultWriter(s3, RESUME_BUCKET, part_max_bytes=size // 4 + 1)
+    one, many = f"{harness.provider}/{output}/one/", f"{harness.provider}/{output}/many/"
+    with provider.fetch(upstream_id, state, spec.format) as result:
+        whole = writer.write(one, result, spec)
+    # When every Fetch stops after its first part, and the next reads the answer again and goes on
+    landed: Landed | None = None
+    fetches = 0
+    while True:
+        with provider.fetch(upstream_id, state, spec.format) as result:
+            written = writer.write(many, result, spec, landed=landed, stop=lambda: True)
+        fetches += 1
+        if written.finished:
+            break
+        assert len(written.objects) == fetches
+        landed = Landed(objects=written.objects, rows=written.row_count)
+    # Then one Fetch per part landed exactly the objects one Fetch lands
+    assert fetches == len(whole.objects) >= 3
+    assert stored(s3, written, many) == stored(s3, whole, one)
+    assert (written.row_count, written.byte_count) == (whole.row_count, whole.byte_count)

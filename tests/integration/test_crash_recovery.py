@@ -47,13 +47,15 @@ class CrashOnce:
         self._land = workflow._land
         self.crashed_under: list[str] = []
 
-    def __call__(self, spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
+    def __call__(
+        self, spec: JobSpec, job: JobState, result: FetchedResult, budget: workflow.FetchBudget | None = None
+    ) -> ResultPointer | None:
         if not self.crashed_under:
             assert isinstance(result, TabularResult)
             prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
             self.crashed_under.append(prefix)
             result.rows = self._dying(result.rows, prefix)
-        return self._land(spec, job, result)
+        return self._land(spec, job, result, budget)
 
     def _dying(self, rows: Iterator[Sequence[Any]], prefix: str) -> Iterator[Sequence[Any]]:
         for number, row in enumerate(rows):

@@ -134,7 +134,7 @@ class FakeProvider:
 class FakeWriter:
     bucket = "results"
 
-    def write(self, prefix: str, result: Any, output: Any) -> WrittenResult:
+    def write(self, prefix: str, result: Any, output: Any, **going_on: Any) -> WrittenResult:
         return WrittenResult(objects=[], columns=[], row_count=0, byte_count=0)
 
     def write_manifest(self, prefix: str, manifest: Manifest) -> str:

@@ -16,11 +16,13 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from query_relay.exceptions import UpstreamProtocolError
 from query_relay.models import Column, Manifest, OutputSpec
 from query_relay.providers.base import NativeResult, TabularResult
 from query_relay.results import (
     MANIFEST_NAME,
     MULTIPART_CHUNK_BYTES,
+    Landed,
     ResultWriter,
     WrittenResult,
     job_prefix,
@@ -440,3 +442,47 @@ def test_discard_deletes_the_job_and_its_unfinished_uploads_only(s3: S3Client, b
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert keys_under(s3, bucket, "results/") == [sibling]
     assert result_writer.discard(PREFIX) == 0
+
+
+# --- going on from an earlier Fetch ----------------------------------------------------------------
+
+
+def _rows(count: int) -> list[list[Any]]:
+    return [[index, f"name {index}", index * 1.5, True, None, None] for index in range(count)]
+
+
+def test_a_write_going_on_from_landed_parts_skips_their_rows(s3: S3Client, bucket: str) -> None:
+    # Given parts of 2 rows (100 bytes), and one write that stops after its first part
+    small = writer(s3, bucket, part_max_bytes=100)
+    first = small.write(PREFIX, tabular(_rows(10)), OutputSpec(), stop=lambda: True)
+    assert not first.finished
+    assert [entry.key.rsplit("/", 1)[1] for entry in first.objects] == ["part-00000.jsonl"]
+    # When the next write goes on from it, with the answer read again from its start
+    landed = Landed(objects=first.objects, rows=first.row_count)
+    rest = small.write(PREFIX, tabular(_rows(10)), OutputSpec(), landed=landed)
+    # Then it skipped the landed rows and wrote the next parts, listing all of them
+    assert rest.finished
+    assert rest.objects[0] == first.objects[0]
+    assert rest.row_count == 10
+    lines = b"".join(stored_bytes(s3, bucket, entry.key) for entry in rest.objects).splitlines()
+    assert [json.loads(line)["id"] for line in lines] == list(range(10))
+    assert sorted(keys_under(s3, bucket)) == sorted(entry.key for entry in rest.objects)
+
+
+@pytest.mark.parametrize("rows_read_again", [1, 2], ids=["fewer rows", "no more rows"])
+def test_an_answer_read_again_that_cannot_be_the_same_is_an_upstream_protocol_error(
+    s3: S3Client, bucket: str, rows_read_again: int
+) -> None:
+    small = writer(s3, bucket, part_max_bytes=100)
+    first = small.write(PREFIX, tabular(_rows(10)), OutputSpec(), stop=lambda: True)
+    assert first.row_count == 2
+    landed = Landed(objects=first.objects, rows=first.row_count)
+    with pytest.raises(UpstreamProtocolError, match="not the answer the earlier Fetch read"):
+        small.write(PREFIX, tabular(_rows(rows_read_again)), OutputSpec(), landed=landed)
+
+
+def test_a_native_result_is_written_in_one_go(s3: S3Client, bucket: str) -> None:
+    native = NativeResult(chunks=iter([b"[]"]), extension="json")
+    landed = Landed(objects=[], rows=0)
+    with pytest.raises(ValueError, match="written in one go"):
+        writer(s3, bucket).write(PREFIX, native, OutputSpec(format="native"), landed=landed)

@@ -13,10 +13,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from query_relay.models import ProviderName
+from query_relay.models import ObjectEntry, ProviderName
 
 # QUEUED: waiting for one of the connection's max_concurrent slots (nothing sent upstream yet).
-JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "DONE"]
+# FETCHING: a Fetch stopped before its invocation's time ran out; the next one goes on from
+# ``fetch_cursor``.
+JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "FETCHING", "DONE"]
+
+
+class FetchCursor(BaseModel):
+    """Where a Fetch that stopped early left the result: the parts it landed (whole objects, in
+    order) and the rows they hold. The next Fetch reads the answer again from its start, skips
+    those rows, and writes the next part; the parts are the bytes one Fetch would have written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objects: list[ObjectEntry]
+    rows: int
+    invocations: int = 1
 
 
 class ResultPointer(BaseModel):
@@ -44,6 +58,7 @@ class JobState(BaseModel):
     deadline: datetime
     provider_state: dict[str, Any] = Field(default_factory=dict)
     result: ResultPointer | None = None
+    fetch_cursor: FetchCursor | None = None
     # Holds one of the connection's max_concurrent slots (query_relay.concurrency).
     holds_slot: bool = False
     slot_checks: int = 0

@@ -43,11 +43,12 @@ from query_relay.providers import (
     open_provider,
     validate_job,
 )
-from query_relay.results import ResultWriter, WrittenResult, job_prefix
+from query_relay.results import Landed, ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
 from query_relay.state import (
     CleanupInput,
     Failure,
+    FetchCursor,
     JobInput,
     JobState,
     ResultPointer,
@@ -59,6 +60,8 @@ from query_relay.upstream.deadline import invocation_ends_within
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
+# A Fetch stops early (after a whole part) once less time than this is left (FetchBudget).
+FETCH_RESERVE_SECONDS = 60.0
 # A Retry-After longer than this is waited this long, then the upstream is asked again.
 RETRY_AFTER_MAX_SECONDS = 3600.0
 # An AWS error's cause is a sentence or two; a log line keeps at most this much of it.
@@ -462,16 +465,47 @@ def _honoured_retry_after(seconds: float | None, job_seconds_left: float) -> flo
 
 
 def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
+    """Land the result; or, when this invocation's time runs short after a whole part of rows,
+    stop with the job FETCHING and a ``fetch_cursor`` that the next Fetch goes on from (the state
+    machine calls it again). The slot and the upstream's result are kept until the last one."""
     spec, job = _running_job(event)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
+    budget = FetchBudget(seconds_left)
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
-            job.result = _land(spec, job, result)
+            job.result = _land(spec, job, result, budget)
+        if job.result is None:
+            return job.model_dump(mode="json")
         _release_quietly(provider, job)
     _give_back_slot(job)
     job.status = "DONE"
+    job.fetch_cursor = None
     return job.model_dump(mode="json")
+
+
+@dataclass
+class FetchBudget:
+    """When a Fetch stops early: after a whole part, once the invocation's time left is below twice
+    the longest part so far, and never below FETCH_RESERVE_SECONDS (the last steps: manifest,
+    listing, release). No time given (``seconds_left`` None): never."""
+
+    seconds_left: float | None
+    started: float = field(init=False)
+    last_check: float = field(init=False)
+    longest_part: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.started = self.last_check = time.monotonic()
+
+    def exhausted(self) -> bool:
+        now = time.monotonic()
+        self.longest_part = max(self.longest_part, now - self.last_check)
+        self.last_check = now
+        if self.seconds_left is None:
+            return False
+        left = self.seconds_left - (now - self.started)
+        return left < max(FETCH_RESERVE_SECONDS, 2 * self.longest_part)
 
 
 def _release_quietly(provider: Provider[Any, Any], job: JobState) -> None:
@@ -487,11 +521,29 @@ def _release_quietly(provider: Provider[Any, Any], job: JobState) -> None:
         )
 
 
-def _land(spec: JobSpec, job: JobState, result: FetchedResult) -> ResultPointer:
-    """Stream the result into parts, then write the manifest last."""
+def _land(
+    spec: JobSpec, job: JobState, result: FetchedResult, budget: FetchBudget | None = None
+) -> ResultPointer | None:
+    """Stream the result into parts, then write the manifest last; None when the budget ran out
+    first (``job.fetch_cursor`` then says where the next Fetch goes on). No budget: in one go."""
     writer = _writer()
     prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
-    written: WrittenResult = writer.write(prefix, result, spec.output)
+    cursor = job.fetch_cursor
+    landed = None if cursor is None else Landed(objects=cursor.objects, rows=cursor.rows)
+    stop = None if budget is None else budget.exhausted
+    written: WrittenResult = writer.write(prefix, result, spec.output, landed=landed, stop=stop)
+    if not written.finished:
+        job.status = "FETCHING"
+        job.fetch_cursor = FetchCursor(
+            objects=written.objects,
+            rows=written.row_count,
+            invocations=1 if cursor is None else cursor.invocations + 1,
+        )
+        logger.info(
+            "fetch stopped before its time ran out; the next one goes on",
+            extra={"parts": len(written.objects), "rows": written.row_count, "bytes": written.byte_count},
+        )
+        return None
     manifest = Manifest(
         job_id=job.job_id,
         connection=job.connection,
