@@ -122,6 +122,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.poll_cost
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.fetch
+	$(BIN)/python -m bench.cost
 
 clean:
 	rm -rf $(VENV) .uv .tools node_modules .aws-sam .mypy_cache .pytest_cache .ruff_cache
