@@ -38,13 +38,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from query_relay import workflow
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.emulators.http import EmulatorServer
 from query_relay_local.emulators.looker import LookerEmulator
 from query_relay_local.emulators.veza import VezaEmulator
 from query_relay_local.stack import LocalStack
-from query_relay_local.template import DEFAULT_TEMPLATE_PATH, load_template
+from query_relay_local.template import DEFAULT_TEMPLATE_PATH, apply_powertools_environment, load_template
+
+# As Lambda gives the functions the template's service name and metrics namespace before their code
+# is imported (query_relay.observability names neither): the local stack runs them in this process.
+apply_powertools_environment()
+
+from query_relay import workflow  # noqa: E402
 
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions.type_defs import HistoryEventTypeDef

@@ -43,6 +43,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import uuid
 from collections.abc import Callable
 from datetime import date
 from functools import cache
@@ -148,7 +149,9 @@ def _limit_start_execution() -> None:
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        problem = None if name is None else execution_name_problem(name)
+        if name is None:  # AWS names an execution started without one by a UUID; moto left it None
+            name = str(uuid.uuid4())
+        problem = execution_name_problem(name)
         if problem is not None:
             code, message = problem
             raise InvalidName(message) if code == "InvalidName" else ValidationException(message)

@@ -8,6 +8,7 @@ A small throwaway template runs each case: a Lambda task, a Pass state, and the
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -238,6 +239,14 @@ def test_an_execution_name_of_80_characters_with_dots_and_dashes_is_taken(stack:
     assert len(name) == 80
     arn = stack.sfn.start_execution(stateMachineArn=stack.state_machine_arn, name=name, input="{}")
     assert stack.wait(arn["executionArn"], timeout=60)["status"] == "SUCCEEDED"
+
+
+def test_an_execution_started_without_a_name_is_named_by_a_uuid_as_on_aws(stack: LocalStack) -> None:
+    """moto left the name (and so ``$$.Execution.Name`` and the ARN's last part) None."""
+    arn = stack.sfn.start_execution(stateMachineArn=stack.state_machine_arn, input="{}")["executionArn"]
+    described = stack.sfn.describe_execution(executionArn=arn)
+    assert str(uuid.UUID(described["name"])) == described["name"] == arn.rsplit(":", 1)[1]
+    assert stack.wait(arn, timeout=60)["status"] == "SUCCEEDED"
 
 
 # --- the error names of the states:startExecution and events:putEvents integrations ---------------
