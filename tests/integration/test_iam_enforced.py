@@ -103,8 +103,7 @@ def test_a_grant_scoped_to_another_resource_does_not_match(stack: LocalStack) ->
         # S3CrudPolicy had): every job would fail on AWS.
         ("              - s3:ListBucketMultipartUploads\n", "", "ListMultipartUploads"),
         # Writing the parts and the manifest.
-        ("          - Effect: Allow\n            Action: s3:PutObject\n", "          - Effect: Allow\n"
-         "            Action: s3:GetObjectTagging\n", "PutObject"),
+        ("              - s3:PutObject\n", "              - s3:GetObjectTagging\n", "PutObject"),
     ],
     ids=["list-multipart-uploads", "put-object"],
 )  # fmt: skip

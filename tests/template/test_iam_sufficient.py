@@ -43,7 +43,8 @@ DISCARD = [
     ("s3:DeleteObject", OBJECT),
     ("s3:AbortMultipartUpload", OBJECT),
 ]
-WRITE = [("s3:PutObject", OBJECT), *DISCARD]  # PutObject: single and multipart uploads
+# PutObject: single and multipart uploads; ListParts: a native object's upload going on.
+WRITE = [("s3:PutObject", OBJECT), ("s3:ListMultipartUploadParts", OBJECT), *DISCARD]
 
 CALLS: dict[str, list[tuple[str, str]]] = {
     "SubmitFunction": [

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +17,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from query_relay import results
 from query_relay.exceptions import UpstreamProtocolError
 from query_relay.models import Column, Manifest, OutputSpec
 from query_relay.providers.base import NativeResult, TabularResult
@@ -481,8 +483,133 @@ def test_an_answer_read_again_that_cannot_be_the_same_is_an_upstream_protocol_er
         small.write(PREFIX, tabular(_rows(rows_read_again)), OutputSpec(), landed=landed)
 
 
-def test_a_native_result_is_written_in_one_go(s3: S3Client, bucket: str) -> None:
+def test_a_native_result_goes_on_from_its_upload_not_from_parts(s3: S3Client, bucket: str) -> None:
     native = NativeResult(chunks=iter([b"[]"]), extension="json")
     landed = Landed(objects=[], rows=0)
-    with pytest.raises(ValueError, match="written in one go"):
+    with pytest.raises(ValueError, match="unfinished upload, not from parts"):
         writer(s3, bucket).write(PREFIX, native, OutputSpec(format="native"), landed=landed)
+
+
+# A native object over 3 chunks of S3's least multipart chunk (5 MiB) and a bit: 4 chunks.
+CHUNK = 5 * 1024 * 1024
+NATIVE_BODY = random.Random(15).randbytes(3 * CHUNK + 12_345)
+
+
+def native_answer(body: bytes = NATIVE_BODY, seed: int = 0) -> NativeResult:
+    """``body`` in uneven pieces (other ones for each seed, as a body read again comes), its rows
+    counted (one per 1,000 bytes) once they are all read."""
+    pieces = random.Random(seed)
+    counted = [0]
+
+    def chunks() -> Iterator[bytes]:
+        start = 0
+        while start < len(body):
+            size = pieces.choice([1, 999, 65_536, 1_048_577])
+            yield body[start : start + size]
+            start += size
+        counted[0] = len(body) // 1000
+
+    return NativeResult(chunks=chunks(), extension="json", counted=lambda: counted[0])
+
+
+def write_native_in_fetches(
+    result_writer: ResultWriter, answers: Iterator[NativeResult], output: OutputSpec
+) -> tuple[WrittenResult, int]:
+    """Write as Fetches that each stop after their first chunk: the last result, and how many."""
+    landed: Landed | None = None
+    for fetches, answer in enumerate(answers, start=1):
+        written = result_writer.write(PREFIX, answer, output, landed=landed, stop=lambda: True)
+        if written.finished:
+            return written, fetches
+        assert written.upload is not None
+        assert (written.objects, written.upload.parts, written.upload.bytes) == ([], fetches, fetches * CHUNK)
+        landed = Landed(objects=[], rows=0, upload=written.upload)
+    raise AssertionError("the answers ran out")
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_native_write_stopped_after_every_chunk_lands_the_bytes_of_one_write(
+    s3: S3Client, bucket: str, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given chunks of S3's least size, and the object one write stores
+    monkeypatch.setattr(results, "MULTIPART_CHUNK_BYTES", CHUNK)
+    output = OutputSpec(format="native", compression=compression)  # type: ignore[arg-type]
+    one = writer(s3, bucket).write("one/", native_answer(), output)
+    assert one.finished
+    # When every write stops after its first chunk, and the next reads the answer again (in other
+    # pieces) and goes on
+    written, fetches = write_native_in_fetches(
+        writer(s3, bucket), (native_answer(seed=seed) for seed in range(1, 10)), output
+    )
+    # Then four writes stored the very object one write stores: bytes, sha256, size, rows
+    assert fetches == 4
+    assert [entry.key for entry in written.objects] == [PREFIX + one.objects[0].key.removeprefix("one/")]
+    assert stored_bytes(s3, bucket, written.objects[0].key) == stored_bytes(s3, bucket, one.objects[0].key)
+    assert content_of(s3, bucket, written.objects[0].key) == NATIVE_BODY
+    assert written.objects[0].model_copy(update={"key": ""}) == one.objects[0].model_copy(update={"key": ""})
+    assert written.row_count == len(NATIVE_BODY) // 1000
+    assert_objects_match_what_is_stored(s3, bucket, written)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize(
+    "body_read_again",
+    [NATIVE_BODY[:100] + b"?" + NATIVE_BODY[101:], NATIVE_BODY[:CHUNK], NATIVE_BODY[: CHUNK - 1]],
+    ids=["one byte differs", "ends where the landed bytes end", "shorter than the landed bytes"],
+)
+def test_a_native_answer_read_again_that_is_not_the_same_is_an_upstream_protocol_error(
+    s3: S3Client, bucket: str, body_read_again: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a write that stopped after its first chunk
+    monkeypatch.setattr(results, "MULTIPART_CHUNK_BYTES", CHUNK)
+    first = writer(s3, bucket).write(PREFIX, native_answer(), OutputSpec(format="native"), stop=lambda: True)
+    assert first.upload is not None
+    landed = Landed(objects=[], rows=0, upload=first.upload)
+    # When the answer read again is not the one it read / Then the next write refuses to go on
+    with pytest.raises(UpstreamProtocolError, match="earlier Fetch"):
+        writer(s3, bucket).write(
+            PREFIX, native_answer(body_read_again), OutputSpec(format="native"), landed=landed
+        )
+
+
+def test_a_native_upload_that_is_gone_starts_the_object_again(
+    s3: S3Client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a write that stopped after its first chunk, whose upload was then aborted
+    monkeypatch.setattr(results, "MULTIPART_CHUNK_BYTES", CHUNK)
+    first = writer(s3, bucket).write(PREFIX, native_answer(), OutputSpec(format="native"), stop=lambda: True)
+    assert first.upload is not None
+    s3.abort_multipart_upload(Bucket=bucket, Key=first.upload.key, UploadId=first.upload.upload_id)
+    # When the next write goes on from it
+    landed = Landed(objects=[], rows=0, upload=first.upload)
+    written = writer(s3, bucket).write(
+        PREFIX, native_answer(seed=1), OutputSpec(format="native"), landed=landed
+    )
+    # Then it wrote the whole object again
+    assert written.finished
+    assert content_of(s3, bucket, written.objects[0].key) == NATIVE_BODY
+    assert_objects_match_what_is_stored(s3, bucket, written)
+
+
+def test_a_native_write_going_on_keeps_its_upload_and_aborts_the_others(
+    s3: S3Client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a write that stopped after its first chunk, and another upload left under the prefix
+    monkeypatch.setattr(results, "MULTIPART_CHUNK_BYTES", CHUNK)
+    first = writer(s3, bucket).write(PREFIX, native_answer(), OutputSpec(format="native"), stop=lambda: True)
+    assert first.upload is not None
+    s3.create_multipart_upload(Bucket=bucket, Key=PREFIX + "part-00000.jsonl")
+    # When the next write goes on from it
+    landed = Landed(objects=[], rows=0, upload=first.upload)
+    second = writer(s3, bucket).write(
+        PREFIX, native_answer(), OutputSpec(format="native"), landed=landed, stop=lambda: True
+    )
+    # Then only its own upload is left, one chunk further
+    assert second.upload is not None
+    assert (
+        second.upload.model_copy(update={"parts": 1, "bytes": CHUNK, "sha256": first.upload.sha256})
+        == first.upload
+    )
+    assert [
+        (upload["Key"], upload["UploadId"]) for upload in s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    ] == [(first.upload.key, first.upload.upload_id)]

@@ -166,6 +166,18 @@ class ObjectEntry(StrictModel):
     sha256: str
 
 
+class NativeUpload(StrictModel):
+    """A native object's multipart upload that a Fetch left unfinished: its first ``parts`` parts
+    (numbered from 1) hold the first ``bytes`` stored bytes, whose sha256 is ``sha256``. The next
+    Fetch reads the answer again, checks those bytes against it, and uploads the rest."""
+
+    key: str
+    upload_id: str
+    parts: int
+    bytes: int
+    sha256: str
+
+
 class Manifest(StrictModel):
     job_id: str
     connection: str

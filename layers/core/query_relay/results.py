@@ -13,6 +13,7 @@ when compressed), so consumers can check the manifest's sha256 against the objec
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -21,7 +22,9 @@ import math
 import mimetypes
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, islice, repeat
@@ -31,13 +34,14 @@ import orjson
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
 from query_relay.exceptions import UpstreamProtocolError
-from query_relay.models import Column, Manifest, ObjectEntry, OutputSpec
+from query_relay.models import Column, Manifest, NativeUpload, ObjectEntry, OutputSpec
 from query_relay.observability import logger
 from query_relay.providers.base import FetchedResult, NativeResult, TabularResult
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, PartTypeDef
     from s3transfer.manager import TransferManager
 
 MANIFEST_NAME = "_manifest.json"
@@ -84,6 +88,7 @@ class WrittenResult:
     row_count: int
     byte_count: int
     finished: bool = True
+    upload: NativeUpload | None = None  # a native object's upload, when not finished
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Landed:
 
     objects: list[ObjectEntry]
     rows: int
+    upload: NativeUpload | None = None  # a native object's unfinished upload (no objects, no rows)
 
 
 class ObjectsNotDeleted(RuntimeError):
@@ -142,30 +148,41 @@ class ResultWriter:
         Fetch goes on from the parts written so far.
 
         A ``NativeResult`` is stored as the upstream's bytes in one object whatever the format asks
-        (the provider chose those bytes for it); rows cannot become native bytes. It is written in
-        one go: ``landed`` and ``stop`` apply to rows only.
+        (the provider chose those bytes for it); rows cannot become native bytes. Its object is one
+        multipart upload that ``stop()`` may leave unfinished after any of its chunks (``upload``
+        says which), and that the next Fetch finishes, given that upload in ``landed``.
         """
         if landed is None:
             # A consumer must never find a manifest next to parts that are being rewritten.
             self._s3.delete_object(Bucket=self._bucket, Key=prefix + MANIFEST_NAME)
+        going_on = None if landed is None else landed.upload
         # An earlier attempt killed mid-upload (a crash, a timeout) ran no abort: its parts' multipart
         # uploads would hold storage until the bucket's lifecycle rule expires them.
-        self._abort_multipart_uploads(prefix)
-        # One transfer manager (one thread pool) for every part: with a pool per part, each part's
-        # chunk buffers landed in fresh per-thread malloc arenas and peak RSS grew with the part count
-        # (measured: +113 MB for 20 parts of 8 MiB, against +55 MB for one part).
-        finished = True
-        with create_transfer_manager(self._s3, self._transfer_config) as transfer:
-            if isinstance(result, NativeResult):
-                if landed is not None:
-                    raise ValueError("a native result is written in one go: there is nothing to go on from")
-                objects = [self._write_native(prefix, result, output, transfer)]
-                columns, row_count = result.columns, result.row_count
-            else:
+        self._abort_multipart_uploads(prefix, keep=None if going_on is None else going_on.upload_id)
+        if isinstance(result, NativeResult):
+            if landed is not None and going_on is None:
+                raise ValueError("a native result goes on from its unfinished upload, not from parts")
+            native = self._write_native(prefix, result, output, going_on=going_on, stop=stop)
+            if isinstance(native, NativeUpload):
+                return WrittenResult(
+                    objects=[],
+                    columns=list(result.columns),
+                    row_count=0,
+                    byte_count=native.bytes,
+                    finished=False,
+                    upload=native,
+                )
+            objects, finished = [native], True
+            columns, row_count = result.columns, result.row_count
+        else:
+            # One transfer manager (one thread pool) for every part: with a pool per part, each
+            # part's chunk buffers landed in fresh per-thread malloc arenas and peak RSS grew with the
+            # part count (measured: +113 MB for 20 parts of 8 MiB, against +55 MB for one part).
+            with create_transfer_manager(self._s3, self._transfer_config) as transfer:
                 objects, finished = self._write_tabular(
                     prefix, result, output, transfer, landed=landed, stop=stop
                 )
-                columns, row_count = result.columns, sum(entry.rows for entry in objects)
+            columns, row_count = result.columns, sum(entry.rows for entry in objects)
         if not finished:
             return WrittenResult(
                 objects=objects,
@@ -247,14 +264,138 @@ class ResultWriter:
                 return objects, False
 
     def _write_native(
-        self, prefix: str, result: NativeResult, output: OutputSpec, transfer: TransferManager
-    ) -> ObjectEntry:
+        self,
+        prefix: str,
+        result: NativeResult,
+        output: OutputSpec,
+        *,
+        going_on: NativeUpload | None,
+        stop: Callable[[], bool] | None,
+    ) -> ObjectEntry | NativeUpload:
+        """The upstream's bytes as one object: one PutObject when they fit in a chunk, else a
+        multipart upload of MULTIPART_CHUNK_BYTES chunks, a few in flight while the next is read.
+        After a chunk that is not the last, ``stop()`` may leave the upload unfinished: what is
+        returned then is what the next Fetch needs to finish it (``going_on``)."""
         extension = result.extension.lstrip(".")
         key = _part_key(prefix, 0, extension, output.compression)
         stream = _PartStream(result.chunks, gzip=output.compression == "gzip")
-        self._upload(transfer, key, stream, _content_type_for(extension))
-        # The provider counts rows while its chunks are read: ask only once they are exhausted.
+        content_type = "application/gzip" if stream.gzipped else _content_type_for(extension)
+        first: bytes | None = None
+        listed = None if going_on is None or going_on.key != key else self._listed_parts(going_on)
+        if going_on is not None and listed is not None:
+            parts = self._landed_chunks(going_on, listed, stream)
+            upload_id = going_on.upload_id
+        else:
+            first = stream.read_chunk(MULTIPART_CHUNK_BYTES)
+            if stream.at_end():
+                self._s3.put_object(Bucket=self._bucket, Key=key, Body=first, ContentType=content_type)
+                # The provider counts rows while its chunks are read: ask only once they are exhausted.
+                return _object_entry(key, result.row_count, stream)
+            upload_id = self._s3.create_multipart_upload(
+                Bucket=self._bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="CRC32"
+            )["UploadId"]
+            parts = []
+        try:
+            finished = self._upload_chunks(key, upload_id, stream, parts, stop=stop, chunk=first)
+            if not finished:
+                return NativeUpload(
+                    key=key,
+                    upload_id=upload_id,
+                    parts=len(parts),
+                    bytes=stream.stored_bytes,
+                    sha256=stream.sha256.hexdigest(),
+                )
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # As s3transfer does: an upload that failed holds no storage (the next Fetch of this
+            # job, if any, starts the object again).
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+            raise
         return _object_entry(key, result.row_count, stream)
+
+    def _upload_chunks(
+        self,
+        key: str,
+        upload_id: str,
+        stream: _PartStream,
+        parts: list[CompletedPartTypeDef],
+        *,
+        stop: Callable[[], bool] | None,
+        chunk: bytes | None,
+    ) -> bool:
+        """Upload ``chunk`` (if any) and the rest of ``stream`` as the next parts, appended to
+        ``parts`` in order; False when ``stop()``, asked after each chunk that is not the last,
+        ended it early (every chunk read is uploaded)."""
+        finished = True
+        with ThreadPoolExecutor(max_workers=_UPLOAD_CONCURRENCY) as pool:
+            in_flight: deque[Future[CompletedPartTypeDef]] = deque()
+            while chunk is not None or not stream.at_end():
+                if chunk is None:
+                    chunk = stream.read_chunk(MULTIPART_CHUNK_BYTES)
+                if len(in_flight) == _UPLOAD_CONCURRENCY:
+                    parts.append(in_flight.popleft().result())
+                number = len(parts) + len(in_flight) + 1
+                in_flight.append(pool.submit(self._upload_chunk, key, upload_id, number, chunk))
+                chunk = None
+                if stop is not None and not stream.at_end() and stop():
+                    finished = False
+                    break
+            parts += [future.result() for future in in_flight]
+        return finished
+
+    def _upload_chunk(self, key: str, upload_id: str, number: int, chunk: bytes) -> CompletedPartTypeDef:
+        response = self._s3.upload_part(
+            Bucket=self._bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=chunk,
+            ChecksumAlgorithm="CRC32",
+        )
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC32": response["ChecksumCRC32"]}
+
+    def _listed_parts(self, going_on: NativeUpload) -> list[PartTypeDef] | None:
+        """The parts of an earlier Fetch's unfinished upload; None when it is gone (a Fetch that
+        failed aborts its upload, and the bucket's lifecycle rule old ones): the object starts again."""
+        listed: list[PartTypeDef] = []
+        paginator = self._s3.get_paginator("list_parts")
+        try:
+            for page in paginator.paginate(
+                Bucket=self._bucket, Key=going_on.key, UploadId=going_on.upload_id
+            ):
+                listed += page.get("Parts", [])
+        except self._s3.exceptions.NoSuchUpload:
+            logger.warning(
+                "the upload an earlier Fetch left is gone: the object starts again",
+                extra={"key": going_on.key, "parts": going_on.parts},
+            )
+            return None
+        return listed
+
+    def _landed_chunks(
+        self, going_on: NativeUpload, listed: list[PartTypeDef], stream: _PartStream
+    ) -> list[CompletedPartTypeDef]:
+        """The parts an earlier Fetch uploaded, checked against the answer read again: their bytes are
+        read from ``stream`` (hashed, and so counted in the object's sha256) but not uploaded again."""
+        parts: list[CompletedPartTypeDef] = []
+        for number, part in enumerate(listed[: going_on.parts], start=1):
+            if part["PartNumber"] != number:
+                break
+            chunk = stream.read_chunk(part["Size"])
+            parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": _crc32(chunk)})
+        if len(parts) != going_on.parts or stream.stored_bytes != going_on.bytes:
+            raise UpstreamProtocolError(
+                f"the unfinished upload of {going_on.key} holds {len(parts)} of the {going_on.parts} "
+                "parts an earlier Fetch uploaded, or the answer read again is shorter than they are"
+            )
+        if stream.sha256.hexdigest() != going_on.sha256 or stream.at_end():
+            raise UpstreamProtocolError(
+                f"the answer read again is not the one an earlier Fetch read: its first "
+                f"{going_on.bytes} bytes differ, or it ends there where more was to come"
+            )
+        return parts
 
     def _upload(self, transfer: TransferManager, key: str, stream: _PartStream, content_type: str) -> None:
         # No Content-Encoding for gzip: consumers download the .gz as stored and check its sha256.
@@ -285,10 +426,13 @@ class ResultWriter:
                     f"e.g. {first.get('Key')}: {first.get('Code')}"
                 )
 
-    def _abort_multipart_uploads(self, prefix: str) -> None:
+    def _abort_multipart_uploads(self, prefix: str, *, keep: str | None = None) -> None:
+        """Abort the unfinished uploads under ``prefix``, but the one a Fetch goes on with (``keep``)."""
         paginator = self._s3.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
+                if upload["UploadId"] == keep:
+                    continue
                 self._s3.abort_multipart_upload(
                     Bucket=self._bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
@@ -621,10 +765,12 @@ def _filling(
 
 
 class _PartStream(io.RawIOBase):
-    """The stored bytes of one part, produced only as fast as they are read.
+    """The stored bytes of one part, produced only as fast as they are read; ``sha256`` and
+    ``stored_bytes`` are those of the bytes read so far.
 
-    Wrapped in ``io.BufferedReader`` so that ``read(n)`` returns exactly ``n`` bytes until the end
-    (S3 rejects multipart chunks under 5 MiB other than the last one).
+    ``readinto`` fills its whole buffer until the end, so a read of ``n`` bytes (``read_chunk``, or
+    s3transfer's through ``io.BufferedReader``) gets exactly ``n`` bytes until the end: S3 rejects
+    multipart chunks under 5 MiB other than the last one.
     """
 
     def __init__(self, chunks: Iterator[bytes], *, gzip: bool) -> None:
@@ -642,28 +788,51 @@ class _PartStream(io.RawIOBase):
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         with memoryview(buffer) as view, view.cast("B") as target:
-            while len(self._pending) < len(target) and not self._exhausted:
-                self._produce()
+            self._fill(len(target))
             size = min(len(target), len(self._pending))
             with memoryview(self._pending) as pending:  # released before the del below
                 target[:size] = pending[:size]
+                self._consumed(target[:size])
         # Deleting from the front of a bytearray is cheap in CPython (it moves a start offset).
         del self._pending[:size]
         return size
+
+    def read_chunk(self, size: int) -> bytes:
+        """The next ``size`` stored bytes (fewer only at the end), in one copy."""
+        self._fill(size)
+        with memoryview(self._pending) as pending:
+            chunk = bytes(pending[:size])
+        self._consumed(chunk)
+        del self._pending[: len(chunk)]
+        return chunk
+
+    def _fill(self, size: int) -> None:
+        while len(self._pending) < size and not self._exhausted:
+            self._produce()
+
+    def _consumed(self, data: bytes | memoryview) -> None:
+        # What is read is what is stored, in this order: hashing it here hashes the object.
+        self.sha256.update(data)
+        self.stored_bytes += len(data)
+
+    def at_end(self) -> bool:
+        """Whether every stored byte has been read (producing what comes next to know)."""
+        while not self._pending and not self._exhausted:
+            self._produce()
+        return not self._pending
 
     def _produce(self) -> None:
         chunk = next(self._chunks, None)
         if chunk is None:
             self._exhausted = True
             if self._compressor is not None:
-                self._store(self._compressor.flush())
+                self._pending += self._compressor.flush()
         elif self._compressor is not None:
-            self._store(self._compressor.compress(chunk))
+            self._pending += self._compressor.compress(chunk)
         else:
-            self._store(chunk)
+            self._pending += chunk
 
-    def _store(self, data: bytes) -> None:
-        # Every produced byte is read and uploaded, in this order: hashing here hashes the object.
-        self.sha256.update(data)
-        self.stored_bytes += len(data)
-        self._pending += data
+
+def _crc32(data: bytes) -> str:
+    """A part's CRC32 as S3 spells it (base64 of the big-endian value)."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()

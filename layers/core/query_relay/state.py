@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from query_relay.models import ObjectEntry, ProviderName
+from query_relay.models import NativeUpload, ObjectEntry, ProviderName
 
 # QUEUED: waiting for one of the connection's max_concurrent slots (nothing sent upstream yet).
 # FETCHING: a Fetch stopped before its invocation's time ran out; the next one goes on from
@@ -23,14 +23,18 @@ JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "FETCHING", "DONE"]
 
 class FetchCursor(BaseModel):
     """Where a Fetch that stopped early left the result: the parts it landed (whole objects, in
-    order) and the rows they hold. The next Fetch reads the answer again from its start, skips
-    those rows, and writes the next part; the parts are the bytes one Fetch would have written."""
+    order) and the rows they hold, or, for a native object, its unfinished multipart ``upload``.
+    The next Fetch reads the answer again from its start, skips those rows (or checks those bytes),
+    and goes on; the objects are the bytes one Fetch would have written. ``longest_part_seconds``
+    carries how long a part took, for the next Fetch's budget (``workflow.FetchBudget``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     objects: list[ObjectEntry]
     rows: int
     invocations: int = 1
+    upload: NativeUpload | None = None
+    longest_part_seconds: float = 0.0
 
 
 class ResultPointer(BaseModel):

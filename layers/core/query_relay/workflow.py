@@ -471,7 +471,10 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
     spec, job = _running_job(event)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
-    budget = FetchBudget(seconds_left)
+    cursor = job.fetch_cursor
+    budget = FetchBudget(
+        seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
+    )
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             job.result = _land(spec, job, result, budget)
@@ -487,20 +490,26 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
 @dataclass
 class FetchBudget:
     """When a Fetch stops early: after a whole part, once the invocation's time left is below twice
-    the longest part so far, and never below FETCH_RESERVE_SECONDS (the last steps: manifest,
-    listing, release). No time given (``seconds_left`` None): never."""
+    the longest part so far (this Fetch's or, carried in the cursor, an earlier one's), and never
+    below FETCH_RESERVE_SECONDS (the last steps: manifest, listing, release). A Fetch that goes on
+    after another first reads again what that one landed: that time is no part's. No time given
+    (``seconds_left`` None): never."""
 
     seconds_left: float | None
+    longest_part: float = 0.0
+    resumed: bool = False
     started: float = field(init=False)
     last_check: float = field(init=False)
-    longest_part: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.started = self.last_check = time.monotonic()
 
     def exhausted(self) -> bool:
         now = time.monotonic()
-        self.longest_part = max(self.longest_part, now - self.last_check)
+        if self.resumed:
+            self.resumed = False  # the first part came after the skipping: not measured
+        else:
+            self.longest_part = max(self.longest_part, now - self.last_check)
         self.last_check = now
         if self.seconds_left is None:
             return False
@@ -529,7 +538,9 @@ def _land(
     writer = _writer()
     prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
     cursor = job.fetch_cursor
-    landed = None if cursor is None else Landed(objects=cursor.objects, rows=cursor.rows)
+    landed = (
+        None if cursor is None else Landed(objects=cursor.objects, rows=cursor.rows, upload=cursor.upload)
+    )
     stop = None if budget is None else budget.exhausted
     written: WrittenResult = writer.write(prefix, result, spec.output, landed=landed, stop=stop)
     if not written.finished:
@@ -538,10 +549,17 @@ def _land(
             objects=written.objects,
             rows=written.row_count,
             invocations=1 if cursor is None else cursor.invocations + 1,
+            upload=written.upload,
+            longest_part_seconds=0.0 if budget is None else budget.longest_part,
         )
         logger.info(
             "fetch stopped before its time ran out; the next one goes on",
-            extra={"parts": len(written.objects), "rows": written.row_count, "bytes": written.byte_count},
+            extra={
+                "parts": len(written.objects),
+                "rows": written.row_count,
+                "bytes": written.byte_count,
+                "native_chunks": None if written.upload is None else written.upload.parts,
+            },
         )
         return None
     manifest = Manifest(
