@@ -1,6 +1,7 @@
 """What Fetch costs in memory and time: large ES|QL results streamed into (emulated) S3.
 
-    .venv/bin/python -m bench.fetch [--sizes 50,500] [--full] [--formats jsonl/none,...] [--part-mb 128]
+    .venv/bin/python -m bench.fetch [--sizes 50,1000] [--full] [--formats jsonl/none,...] [--part-mb 128]
+                                    [--profile]
 
 Processes: moto's S3 (``moto_server``), the ES|QL emulator (``query-relay emulate esql``), a fast
 upstream (below) and, for every measurement, a fresh child that runs ``query_relay.workflow.fetch``
@@ -21,8 +22,14 @@ the S3 upload. Each result is fetched from two sources:
   is min(raw download, S3 sink): a plain httpx streaming download of the answer (bytes discarded)
   and the same bytes uploaded to the emulated S3 as Fetch uploads a part (boto3's managed transfer
   with Fetch's TransferConfig, from a stream that cannot seek);
-- the emulator itself, which renders JSON as it answers (~15 MB/s): Fetch's rate from it next to a
-  raw download of the same answer, in the same run (a second column, for comparison).
+- the emulator itself, which renders JSON as it answers (~15-30 MB/s): Fetch's rate from it next to
+  a raw download of the same answer, in the same run (a second column, for comparison, at the
+  smallest size only unless ``--full``: at 1 GB it would take minutes per row).
+
+What bounds a row: each row says how many cores each process used during the fetch (CPU seconds
+per second: Fetch's process, every thread; moto's S3; the source), read from /proc. On a 2-core
+machine, Fetch near 1.0 with the servers' share filling the rest is a CPU-bound fetch; ``--profile``
+prints the functions Fetch spent its own time in (cProfile, which slows it: not for the goals).
 
 Goals, per row: Fetch from the fast source at >= 0.5x the baseline for jsonl and csv, >= 0.8x for
 native; peak RSS growth < 100 MB whatever the source. Rows that miss them say MISSES GOAL (and the
@@ -30,17 +37,19 @@ exit status is 1): the goals are what Fetch should reach, not what it reaches to
 
 By default the smallest size runs every format x compression and the larger ones a representative
 subset (jsonl, csv+gzip, native); ``--full`` runs every combination at every size, ``--formats``
-exactly the pairs given.
+exactly the pairs given. Peak RSS is judged at both default sizes, 50 MB and 1 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import io
 import json
 import multiprocessing
 import os
+import pstats
 import re
 import shutil
 import socket
@@ -81,6 +90,10 @@ WRITE_SLICE = 4 * MIB  # the fast source writes its answer this many bytes at a 
 _BIN = Path(sys.executable).parent
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 _REGION = "us-east-1"
+PROFILE_LINES = 18  # functions shown per profiled fetch (--profile), by own time
+# The processes sharing the machine with Fetch, by name (set while each runs): their CPU seconds
+# during a fetch say what bounds it.
+SERVER_PIDS: dict[str, int] = {}
 
 
 # --- the other processes ---------------------------------------------------------------------------
@@ -113,11 +126,13 @@ def moto_s3() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as server:
+        SERVER_PIDS["moto"] = server.pid
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_until_up(url)
             yield url
         finally:
+            SERVER_PIDS.pop("moto", None)
             server.terminate()
             server.wait(timeout=10)
 
@@ -137,8 +152,10 @@ def esql_emulator() -> Iterator[str]:
                 raise RuntimeError("the ES|QL emulator did not say where it listens")
             url = match.group(1)
             _wait_until_up(url)
+            SERVER_PIDS["emulator"] = emulator.pid
             yield url
         finally:
+            SERVER_PIDS.pop("emulator", None)
             emulator.terminate()
             emulator.wait(timeout=10)
 
@@ -199,8 +216,11 @@ def fast_upstream(answer_path: Path) -> Iterator[str]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_up(url)  # it listens only once the answer is in memory
+        if server.pid is not None:
+            SERVER_PIDS["fast source"] = server.pid
         yield url
     finally:
+        SERVER_PIDS.pop("fast source", None)
         server.terminate()
         server.join(timeout=10)
 
@@ -323,23 +343,51 @@ def _reset_peak() -> None:
         clear.write("5")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    # Fields 14 and 15 of proc(5) (utime, stime); the split starts at field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_fetch_in_child(
-    environment: dict[str, str], warm_up: dict[str, Any], event: dict[str, Any]
-) -> dict[str, float]:
+    environment: dict[str, str],
+    warm_up: dict[str, Any],
+    event: dict[str, Any],
+    profile: bool,
+    servers: dict[str, int],
+) -> dict[str, Any]:
     """Runs in a fresh process: import what the Fetch Lambda imports, fetch a small result (a warm
-    container), then fetch ``event`` and measure."""
+    container), then fetch ``event`` and measure, with the CPU the ``servers`` (name: pid) used
+    meanwhile (with ``profile``, under cProfile: its own time per function, which slows the fetch)."""
     os.environ.update(environment)
     from query_relay import workflow  # noqa: PLC0415 - the child's own imports are part of the setup
 
     workflow.fetch(warm_up)
     _reset_peak()
     before = _vm_hwm_kb()
-    started = time.perf_counter()
+    profiler = cProfile.Profile() if profile else None
+    servers_before = {name: _cpu_seconds(pid) for name, pid in servers.items()}
+    cpu_started, started = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     result = workflow.fetch(event)
-    seconds = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    servers_cpu = {name: _cpu_seconds(pid) - servers_before[name] for name, pid in servers.items()}
+    report = ""
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(PROFILE_LINES)
+        report = text.getvalue()
     return {
         "rss_growth_mb": (_vm_hwm_kb() - before) * 1024 / MB,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "servers_cpu": servers_cpu,
+        "profile": report,
         "stored_bytes": float(result["result"]["byte_count"]),
         "rows": float(result["result"]["row_count"]),
         "parts": float(len(_manifest_objects(result))),
@@ -363,10 +411,18 @@ class FetchRun:
     stored_mb: float
     parts: int
     rows: int
+    cpu_seconds: float  # of Fetch's process (every thread) during the fetch
+    servers_cpu: dict[str, float]  # CPU seconds of each other process during the fetch
+    profile: str  # cProfile's report, with --profile
 
     @property
     def mb_per_s(self) -> float:
         return _mb_per_s(self.json_bytes, self.seconds)
+
+    def cores(self) -> str:
+        """The CPU each process used during the fetch, in cores (CPU seconds per second)."""
+        used = {"Fetch": self.cpu_seconds, **self.servers_cpu}
+        return ", ".join(f"{name} {cpu / self.seconds:.2f}" for name, cpu in used.items())
 
     @property
     def rows_per_s(self) -> float:
@@ -402,11 +458,19 @@ def warm_up_event(esql_url: str, output_format: str, compression: str, job_id: s
 
 
 def run_fetch(
-    s3_url: str, environment: dict[str, str], warm_up: dict[str, Any], event: dict[str, Any], json_bytes: int
+    s3_url: str,
+    environment: dict[str, str],
+    warm_up: dict[str, Any],
+    event: dict[str, Any],
+    json_bytes: int,
+    *,
+    profile: bool = False,
 ) -> FetchRun:
     """Fetch in a fresh child (warmed up by ``warm_up``), then empty the bucket for the next one."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        figures = child.submit(run_fetch_in_child, environment, warm_up, event).result()
+        figures = child.submit(
+            run_fetch_in_child, environment, warm_up, event, profile, dict(SERVER_PIDS)
+        ).result()
     _empty_bucket(_client("s3", s3_url))
     return FetchRun(
         json_bytes=json_bytes,
@@ -415,6 +479,9 @@ def run_fetch(
         stored_mb=figures["stored_bytes"] / MB,
         parts=int(figures["parts"]),
         rows=int(figures["rows"]),
+        cpu_seconds=figures["cpu_seconds"],
+        servers_cpu=figures["servers_cpu"],
+        profile=figures["profile"],
     )
 
 
@@ -428,8 +495,8 @@ class Measurement:
     compression: str
     baseline: FastBaseline
     fast: FetchRun  # from the fast source: what the goals judge
-    emulator: FetchRun  # from the emulator, the second column
-    emulator_raw_mb_per_s: float
+    emulator: FetchRun | None  # from the emulator, the second column (at the smallest size)
+    emulator_raw_mb_per_s: float | None
 
     @property
     def ratio(self) -> float:
@@ -441,7 +508,8 @@ class Measurement:
 
     @property
     def rss_growth_mb(self) -> float:
-        return max(self.fast.rss_growth_mb, self.emulator.rss_growth_mb)
+        runs = [self.fast] if self.emulator is None else [self.fast, self.emulator]
+        return max(run.rss_growth_mb for run in runs)
 
     @property
     def meets_goals(self) -> bool:
@@ -465,7 +533,15 @@ def _fetch_environment(s3_url: str, part_mb: int) -> dict[str, str]:
 
 
 def measure(
-    s3_url: str, esql_url: str, workdir: Path, size_mb: int, formats: list[tuple[str, str]], part_mb: int
+    s3_url: str,
+    esql_url: str,
+    workdir: Path,
+    size_mb: int,
+    formats: list[tuple[str, str]],
+    part_mb: int,
+    *,
+    emulator_column: bool,
+    profile: bool,
 ) -> list[Measurement]:
     rows = size_mb * MB // BYTES_PER_ROW
     environment = _fetch_environment(s3_url, part_mb)
@@ -481,27 +557,27 @@ def measure(
             job = f"bench-{size_mb}-{output_format}-{compression}"
             fast_event = fetch_event(FAST_CONNECTION, fast_task, output_format, compression, f"{job}-fast")
             warm_up = warm_up_event(esql_url, output_format, compression, f"{job}-fast")
-            fast = run_fetch(s3_url, environment, warm_up, fast_event, baseline.json_bytes)
-            # The emulator column: its own task and raw download, right before its fetch.
-            task_id = start_task(esql_url, rows)
-            raw_bytes, raw_seconds = raw_download(esql_url, task_id)
-            event = fetch_event(CONNECTION, task_id, output_format, compression, f"{job}-emulator")
+            fast = run_fetch(s3_url, environment, warm_up, fast_event, baseline.json_bytes, profile=profile)
+            emulator, emulator_raw = None, None
+            if emulator_column:  # its own task and raw download, right before its fetch
+                task_id = start_task(esql_url, rows)
+                raw_bytes, raw_seconds = raw_download(esql_url, task_id)
+                event = fetch_event(CONNECTION, task_id, output_format, compression, f"{job}-emulator")
+                emulator_warm_up = warm_up_event(esql_url, output_format, compression, f"{job}-emulator")
+                emulator = run_fetch(s3_url, environment, emulator_warm_up, event, raw_bytes)
+                emulator_raw = _mb_per_s(raw_bytes, raw_seconds)
             measurement = Measurement(
                 size_mb=size_mb,
                 output_format=output_format,
                 compression=compression,
                 baseline=baseline,
                 fast=fast,
-                emulator=run_fetch(
-                    s3_url,
-                    environment,
-                    warm_up_event(esql_url, output_format, compression, f"{job}-emulator"),
-                    event,
-                    raw_bytes,
-                ),
-                emulator_raw_mb_per_s=_mb_per_s(raw_bytes, raw_seconds),
+                emulator=emulator,
+                emulator_raw_mb_per_s=emulator_raw,
             )
             print(_row(measurement), flush=True)
+            if fast.profile:
+                print(fast.profile, flush=True)
             results.append(measurement)
     answer_path.unlink()
     return results
@@ -534,11 +610,16 @@ def _size_header(size_mb: int, rows: int, baseline: FastBaseline) -> str:
 def _row(m: Measurement) -> str:
     verdict = "ok" if m.meets_goals else "MISSES GOAL"
     fast, emulator = m.fast, m.emulator
+    column = ""
+    if emulator is not None:
+        column = (
+            f"emulator: fetch {emulator.mb_per_s:5.1f} MB/s  raw {m.emulator_raw_mb_per_s or 0:5.1f} MB/s  "
+            f"peak RSS +{emulator.rss_growth_mb:5.1f} MB  |  "
+        )
     return (
         f"    {m.output_format:>6} {m.compression:>4}  fast: fetch {fast.mb_per_s:6.1f} MB/s "
         f"{fast.rows_per_s:>9,.0f} rows/s  ratio {m.ratio:4.2f} (goal {m.throughput_goal:.1f})  "
-        f"peak RSS +{fast.rss_growth_mb:5.1f} MB  |  emulator: fetch {emulator.mb_per_s:5.1f} MB/s  "
-        f"raw {m.emulator_raw_mb_per_s:5.1f} MB/s  peak RSS +{emulator.rss_growth_mb:5.1f} MB  |  "
+        f"peak RSS +{fast.rss_growth_mb:5.1f} MB  cores used: {fast.cores()}  |  {column}"
         f"stored {fast.stored_mb:6.1f} MB in {fast.parts} part(s), {fast.rows:,} rows  {verdict}"
     )
 
@@ -565,8 +646,17 @@ def _pair(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="50,500", help="result sizes in MB of upstream JSON (50,500)")
-    parser.add_argument("--full", action="store_true", help="every format x compression at every size")
+    parser.add_argument("--sizes", default="50,1000", help="result sizes in MB of upstream JSON (50,1000)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every format x compression, and the emulator column, at every size",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each fast-source fetch under cProfile and print its busiest functions (slower)",
+    )
     parser.add_argument(
         "--formats",
         help="comma-separated format/compression pairs, e.g. jsonl/none,csv/gzip (default: see above)",
@@ -596,7 +686,16 @@ def main(argv: list[str] | None = None) -> int:
             formats = ALL_FORMATS if args.full or size == min(sizes) else LARGE_SUBSET
             if args.formats:
                 formats = [_pair(item) for item in args.formats.split(",")]
-            measurements += measure(s3_url, esql_url, Path(workdir), size, formats, args.part_mb)
+            measurements += measure(
+                s3_url,
+                esql_url,
+                Path(workdir),
+                size,
+                formats,
+                args.part_mb,
+                emulator_column=args.full or size == min(sizes),
+                profile=args.profile,
+            )
     missed = [m for m in measurements if not m.meets_goals]
     print(f"{len(measurements) - len(missed)}/{len(measurements)} measurements meet the goals", flush=True)
     return 1 if missed else 0
