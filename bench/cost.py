@@ -20,12 +20,14 @@ is stopped).
 
 From those, for a result of S bytes: work = small-result time + S x (measured time - small-result
 time) / measured bytes; invocations = as many as the work needs at 840 s each (900 s less the 60 s
-reserve), each later one first skipping the rows landed before it at the measured skip rate (a
-native result is one Fetch's or none); GB-s = time x memory / 1024; S3 requests (billed: PUT, POST,
-LIST; DELETE is free) = per invocation those of the small result beyond its one PUT, plus the
-uploads of S x (stored / upstream bytes) as Fetch makes them (parts of 128 MiB: a PUT under 8 MiB,
-else CreateMultipartUpload, an UploadPart per 8 MiB, Complete; the model's count for the measured
-result is printed next to the count seen); transitions = 2 per invocation (Fetch, Fetched) plus
+reserve), each later one first skipping the rows landed before it at the measured skip rate (for
+a native result: reading the landed bytes again, as its resumed upload does; the skip measured is
+the answer's chunks read to the end, without their sha256); GB-s = time x memory / 1024; S3
+requests (billed: PUT, POST, LIST; DELETE is free) = per invocation those of the small result
+beyond its one PUT, plus the uploads of S x (stored / upstream bytes) as Fetch makes them (rows:
+parts of 128 MiB; native: one object, and a ListParts per later invocation; each a PUT under
+8 MiB, else CreateMultipartUpload, an UploadPart per 8 MiB, Complete; the model's count for the
+measured result is printed next to the count seen); transitions = 2 per invocation (Fetch, Fetched) plus
 PublishReady and Succeeded. Polling's own cost is bench/poll_cost.py's. Prices are below
 (us-east-1 list prices: Lambda arm64, S3 Standard requests, Step Functions Standard).
 """
@@ -201,8 +203,6 @@ class Cost:
             if room < MIN_WRITING_SHARE * usable:
                 return None  # skipping what earlier invocations landed takes (nearly) all of one
             left = work - written * self.seconds_per_byte
-            if left > room and self.output.startswith("native"):
-                return None  # a native result is one object, written by one Fetch
             if left <= room:
                 seconds += skip + left
                 break
@@ -214,9 +214,17 @@ class Cost:
             invocations=invocations,
             gb_seconds=seconds * self.memory_mb / 1024,
             s3_requests=invocations * self.fixed_requests
-            + _part_requests(size * self.stored_bytes // self.json_bytes),
+            + self.upload_requests(size * self.stored_bytes // self.json_bytes, invocations),
             transitions=2 * invocations + 2,
         )
+
+    def upload_requests(self, stored_bytes: int, invocations: int) -> int:
+        if not self.output.startswith("native"):
+            return _part_requests(stored_bytes)
+        # One object, one multipart upload over every invocation; each later one lists its parts.
+        chunk = 8 * 1024 * 1024
+        upload = 1 if stored_bytes <= chunk else 2 + math.ceil(stored_bytes / chunk)
+        return upload + invocations - 1
 
 
 def _billed(requests: dict[str, int]) -> int:
@@ -282,7 +290,7 @@ def measure(s3_url: str, esql_url: str, task_id: str, json_bytes: int, output: s
 
 
 def _measured_row(cost: Cost) -> str:
-    modelled = cost.fixed_requests + _part_requests(cost.stored_bytes)
+    modelled = cost.fixed_requests + cost.upload_requests(cost.stored_bytes, 1)
     fits = "" if cost.fits else f"  OVER MEMORY (peak RSS {cost.peak_rss_mb:.0f} MB > {cost.memory_mb} MB)"
     return (
         f"    {cost.memory_mb:>5} MB {cost.output:<10} small result {cost.small_seconds:6.2f} s  "
@@ -298,8 +306,8 @@ def _cost_rows(cost: Cost) -> list[str]:
     for label, size in RESULT_SIZES.items():
         landing = cost.landing(size)
         if landing is None:
-            why = "native: one Fetch or none" if cost.output.startswith("native") else "skipping outlasts"
-            rows.append(f"    {cost.memory_mb:>5} MB {cost.output:<10} {label:>5}: cannot land ({why})")
+            where = f"    {cost.memory_mb:>5} MB {cost.output:<10} {label:>5}"
+            rows.append(f"{where}: cannot land (skipping outlasts)")
             continue
         rows.append(
             f"    {cost.memory_mb:>5} MB {cost.output:<10} {label:>5}: {landing.seconds:8.1f} s in "
