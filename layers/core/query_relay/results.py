@@ -551,10 +551,6 @@ def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
 _BEGIN, _END = b"\x01", b"\x02"
 
 
-def _fragment(text: bytes) -> orjson.Fragment:
-    return orjson.Fragment(_BEGIN + text + _END)
-
-
 class _JsonLinesEncoder:
     """One JSON object per row, keyed by column name, newline-terminated: exactly what
     ``_encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch in one call of orjson.
@@ -562,9 +558,10 @@ class _JsonLinesEncoder:
     The batch is one flat list, built a column at a time by slice assignment: for each row, a
     fragment of text that opens the object with the first key (or closes the row before and opens
     this one), its first value, a fragment with the next key, the next value, ..., and a last
-    fragment that closes the last row. orjson writes the list with a comma between every two items;
-    the commas next to a fragment's markers are removed with the markers (two C passes over the
-    bytes). No Python code runs per row or per value."""
+    fragment that closes the last row. orjson writes the list with a comma between every two items.
+    The comma before a next key is the object's own; the one after every key and the one before a
+    row's end are not: they are removed with the markers (two C passes over the bytes, the second
+    matching once a row). No Python code runs per row or per value."""
 
     def __init__(self, columns: Sequence[Column]) -> None:
         names = [column.name for column in columns]
@@ -575,12 +572,15 @@ class _JsonLinesEncoder:
         self._columns = list(last_column.values())
         keys = [_json_bytes(name) + b":" for name in last_column]
         self._stride = 2 * len(keys)
-        self._open = _fragment(b"{" + keys[0]) if keys else None
+        # Each fragment is marked where orjson's comma next to it is to go: _END after a key (the
+        # value follows), _BEGIN before a row's end (the row's last value precedes).
+        self._open = orjson.Fragment(b"{" + keys[0] + _END) if keys else None
         # A row's items but its first fragment, which closes the row before; values are set per batch.
         self._row: list[Any] = []
         for position, key in enumerate(keys):
-            self._row += [_fragment(b"}\n{" + key if position == 0 else b"," + key), None]
-        self._close = _fragment(b"}\n")
+            text = _BEGIN + b"}\n{" + key + _END if position == 0 else key + _END
+            self._row += [orjson.Fragment(text), None]
+        self._close = orjson.Fragment(_BEGIN + b"}\n")
 
     def header(self) -> bytes:
         return b""
@@ -595,8 +595,8 @@ class _JsonLinesEncoder:
         for position, column in enumerate(self._columns):
             items[2 * position + 1 :: self._stride] = values[column]
         items.append(self._close)
-        text = _json_bytes(items)  # [<B>{"a":<E>,1,<B>,"b":<E>,2,<B>}\n{"a":<E>,3,...,<B>}\n<E>]
-        return text.replace(_END + b",", b"").replace(b"," + _BEGIN, b"")[2:-2]
+        text = _json_bytes(items)  # [{"a":<E>,1,"b":<E>,2,<B>}\n{"a":<E>,3,...,<B>}\n]
+        return text.replace(_END + b",", b"").replace(b"," + _BEGIN, b"")[1:-1]
 
 
 class _Lines:
