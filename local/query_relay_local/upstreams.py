@@ -50,6 +50,12 @@ def _veza(secret: str | None) -> EmulatorServer:
     return VezaEmulator(api_key=secret)
 
 
+def _snowflake(secret: str | None) -> EmulatorServer:
+    from query_relay_local.emulators.snowflake import SnowflakeEmulator  # noqa: PLC0415
+
+    return SnowflakeEmulator(oauth_token=secret)
+
+
 LOOKER_CLIENT_ID = "query-relay-local"
 
 UPSTREAMS: dict[str, Upstream] = {
@@ -148,6 +154,30 @@ UPSTREAMS: dict[str, Upstream] = {
                     "polling": {"initial_seconds": 1, "max_seconds": 2, "timeout_seconds": 120},
                 },
                 query_seconds=2.0,
+            ),
+        ),
+    ),
+    "snowflake": Upstream(
+        name="snowflake",
+        title="Snowflake",
+        start=_snowflake,
+        connection=lambda base_url, secret: {
+            "provider": "snowflake",
+            "base_url": base_url,
+            "auth": {"type": "bearer", "token": secret},  # an OAuth token (key pairs: see the README)
+        },
+        demo_jobs=(
+            DemoJob(
+                "3,000 typed rows from a SQL statement with a binding (Fetch reads 3 partitions)",
+                {
+                    "query": {
+                        "statement": "SELECT n, square, label, ratio FROM numbers WHERE n <= ? ORDER BY n",
+                        "bindings": {"1": {"type": "FIXED", "value": "3000"}},
+                        "warehouse": "COMPUTE_WH",
+                    },
+                    "output": {"format": "jsonl", "compression": "gzip"},
+                },
+                query_seconds=0.0,
             ),
         ),
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .harness_looker import LookerHarness
+from .harness_snowflake import SnowflakeHarness
 from .harness_veza import VezaHarness
 from .harnesses import EsqlHarness, ProviderHarness
 
@@ -10,4 +11,5 @@ HARNESSES: list[ProviderHarness] = [
     EsqlHarness(),
     LookerHarness(),
     VezaHarness(),
+    SnowflakeHarness(),
 ]

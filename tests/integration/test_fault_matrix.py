@@ -35,9 +35,11 @@ from werkzeug.wrappers import Request
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.emulators.http import EmulatorServer
 from query_relay_local.emulators.looker import LookerEmulator
+from query_relay_local.emulators.snowflake import SnowflakeEmulator
 from query_relay_local.emulators.veza import VezaEmulator
 from query_relay_local.stack import LocalStack
 
+from ..conformance.harness_snowflake import private_key, public_key_pem, signed_jwt
 from .conftest import ES_CONNECTION, ESQL_API_KEY, esql_connection, run_job
 from .landed import read_object
 from .test_esql_jobs import expected_rows as esql_rows
@@ -50,6 +52,10 @@ from .test_looker_jobs import (
     looker_connection,
     upstream_result,
 )
+from .test_snowflake_jobs import ACCOUNT as SNOWFLAKE_ACCOUNT
+from .test_snowflake_jobs import SNOWFLAKE_CONNECTION, snowflake_connection
+from .test_snowflake_jobs import USER as SNOWFLAKE_USER
+from .test_snowflake_jobs import expected_rows as snowflake_rows
 from .test_veza_jobs import OKTA_USERS, VEZA_API_KEY, VEZA_CONNECTION, veza_connection
 from .test_veza_jobs import expected_rows as veza_rows
 
@@ -70,6 +76,9 @@ LOOKER_QUERY: dict[str, Any] = {
     "limit": "400",
 }
 VEZA_QUERY: dict[str, Any] = {**OKTA_USERS, "page_size": 5}  # 14 nodes: three pages
+# 400 rows in partitions of 50: Fetch reads the ResultSet (partition 0), then 7 gzipped partitions.
+SNOWFLAKE_STATEMENT = "SELECT n, square, label, ratio FROM numbers WHERE n <= 400 ORDER BY n"
+SNOWFLAKE_PARTITION_ROWS = 50
 TRUNCATE_AFTER_BYTES = 1500  # well inside every provider's first answer of the result
 TRICKLE_SECONDS = 1.5  # a byte this often: inside the client's 2 s per-read timeout
 
@@ -181,6 +190,27 @@ def _veza(emulator: VezaEmulator) -> Upstream:
     )
 
 
+def _snowflake(emulator: SnowflakeEmulator) -> Upstream:
+    def set_seconds(seconds: float) -> None:
+        emulator.config.query_seconds = seconds
+
+    emulator.config.partition_rows = SNOWFLAKE_PARTITION_ROWS
+    return Upstream(
+        provider="snowflake",
+        connection_name=SNOWFLAKE_CONNECTION,
+        emulator=emulator,
+        connection={**snowflake_connection(emulator), "timeout_seconds": CLIENT_TIMEOUT_SECONDS},
+        query={"statement": SNOWFLAKE_STATEMENT},
+        # Fetch's own reads are the later partitions (the ResultSet is a status call, as Poll's).
+        operations={"submit": ("submit", None), "poll": ("status", None), "fetch": ("partition", None)},
+        expected_rows=lambda: snowflake_rows(SNOWFLAKE_STATEMENT),
+        landed_state="succeeded",
+        cleaned_finished_state="succeeded",  # a finished statement has nothing to cancel
+        set_query_seconds=set_seconds,
+        task_states=emulator.statement_states,
+    )
+
+
 @contextmanager
 def started_upstream(provider: str, connection_name: str | None = None) -> Iterator[Upstream]:
     """A started emulator of `provider` and what a job needs to use it (under `connection_name`)."""
@@ -189,6 +219,10 @@ def started_upstream(provider: str, connection_name: str | None = None) -> Itera
         emulator = EsqlEmulator(api_key=ESQL_API_KEY)
     elif provider == "looker":
         emulator = LookerEmulator(client_id=LOOKER_CLIENT_ID, client_secret=LOOKER_CLIENT_SECRET)
+    elif provider == "snowflake":
+        emulator = SnowflakeEmulator(
+            account=SNOWFLAKE_ACCOUNT, user=SNOWFLAKE_USER, public_key_pem=public_key_pem(private_key())
+        )
     else:
         emulator = VezaEmulator(api_key=VEZA_API_KEY)
     with emulator:
@@ -196,6 +230,8 @@ def started_upstream(provider: str, connection_name: str | None = None) -> Itera
             upstream = _esql(emulator)
         elif isinstance(emulator, LookerEmulator):
             upstream = _looker(emulator)
+        elif isinstance(emulator, SnowflakeEmulator):
+            upstream = _snowflake(emulator)
         else:
             assert isinstance(emulator, VezaEmulator)
             upstream = _veza(emulator)
@@ -315,7 +351,7 @@ def lambda_errors(history: list[Any]) -> list[str]:
     ]
 
 
-ALL = ("esql", "looker", "veza")
+ALL = ("esql", "looker", "veza", "snowflake")
 
 
 def case_name(phase: str, fault: dict[str, Any]) -> str:
@@ -347,7 +383,8 @@ TRANSIENT_FAULTS: list[tuple[str, dict[str, Any]]] = [
 # ES|QL's submit may carry the whole result (the fast path): its deadline is the Submit Lambda's
 # end, minutes away, so its trickled submit is a unit test (test_upstream_deadline.py).
 TRANSIENT_ONLY = {
-    provider: [("submit", {"trickle_seconds": TRICKLE_SECONDS})] for provider in ("looker", "veza")
+    provider: [("submit", {"trickle_seconds": TRICKLE_SECONDS})]
+    for provider in ("looker", "veza", "snowflake")
 }
 
 
@@ -435,6 +472,7 @@ def test_persistent_faults_fail_the_job_with_a_named_error_and_leave_nothing_in_
         pytest.param("esql", 500, id="esql-stored-500"),
         pytest.param("looker", None, id="looker"),
         pytest.param("veza", None, id="veza"),
+        pytest.param("snowflake", None, id="snowflake"),
     ],
     indirect=["upstream"],
 )
@@ -454,6 +492,9 @@ def test_a_task_failing_after_running_a_while_fails_upstream_query_failed_with_i
     elif isinstance(emulator, LookerEmulator):
         spec["query"] = BAD_FIELD  # the database rejects it once the task runs
         reason, failed_state = "Unknown column 'orders.nope'", "error"
+    elif isinstance(emulator, SnowflakeEmulator):
+        emulator.config.fail_after_seconds = 1.5
+        reason, failed_state = emulator.config.fail_message, "failed"
     else:
         assert isinstance(emulator, VezaEmulator)
         emulator.config.fail_after_seconds = 1.5
@@ -584,5 +625,15 @@ _AUTHENTICATED_REQUEST: dict[str, tuple[str, str, dict[str, Any]]] = {
         "GET",
         "/api/v1/assessments/async_tasks/no-such-task",
         {"headers": {"Authorization": f"Bearer {VEZA_API_KEY}"}},
+    ),
+    "snowflake": (
+        "GET",
+        "/api/v2/statements/01b2c3d4-0000-4a5b-0000-00000000abcd",
+        {
+            "headers": {
+                "Authorization": f"Bearer {signed_jwt(SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, private_key())}",
+                "X-Snowflake-Authorization-Token-Type": "KEYPAIR_JWT",
+            }
+        },
     ),
 }

@@ -15,19 +15,23 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from query_relay_local import cli
 from query_relay_local.api_server import LocalApiServer
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.emulators.looker import LookerEmulator
+from query_relay_local.emulators.snowflake import SnowflakeEmulator
 from query_relay_local.emulators.veza import VezaEmulator
 from query_relay_local.stack import LocalStack
 
+from ..conformance.harness_snowflake import private_key, private_key_pem, public_key_pem
 from .conftest import ESQL_API_KEY, esql_connection
 from .test_looker_jobs import BAD_FIELD, BY_COUNTRY, LOOKER_CLIENT_ID, LOOKER_CLIENT_SECRET, looker_connection
 from .test_veza_jobs import OKTA_USERS, VEZA_API_KEY, veza_connection
@@ -56,6 +60,10 @@ class Upstream:
         for emulator in emulators:
             if isinstance(emulator, LookerEmulator):
                 tokens |= set(emulator.issued_tokens())
+            if isinstance(emulator, SnowflakeEmulator):
+                tokens |= emulator.bearer_tokens_seen  # the JWTs the key signed
+        if self.provider == "snowflake":  # and every line of either key, alone
+            tokens |= {line for pem in (self.secret, wrong_key_pem()) for line in pem.splitlines()[1:-1]}
         return tokens
 
 
@@ -75,6 +83,30 @@ def _start_looker(exits: ExitStack, query_seconds: float) -> LookerEmulator:
 def _start_veza(exits: ExitStack, query_seconds: float) -> VezaEmulator:
     return exits.enter_context(VezaEmulator(api_key=VEZA_API_KEY, query_seconds=query_seconds))
 
+
+def _start_snowflake(exits: ExitStack, query_seconds: float) -> SnowflakeEmulator:
+    emulator = exits.enter_context(
+        SnowflakeEmulator(
+            account=SNOWFLAKE_ACCOUNT, user=SNOWFLAKE_USER, public_key_pem=public_key_pem(private_key())
+        )
+    )
+    emulator.config.query_seconds = query_seconds
+    return emulator
+
+
+@cache
+def wrong_key_pem() -> str:
+    return private_key_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def snowflake_connection(emulator: SnowflakeEmulator, secret: str) -> dict[str, Any]:
+    """Key-pair auth; the wrong secret is a key Snowflake does not know (a PEM that loads)."""
+    key = wrong_key_pem() if secret == WRONG_SECRET else secret
+    auth = {"type": "key_pair", "account": SNOWFLAKE_ACCOUNT, "user": SNOWFLAKE_USER, "private_key": key}
+    return {"provider": "snowflake", "base_url": emulator.base_url, "auth": auth}
+
+
+SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER = "leaks", "relay"
 
 UPSTREAMS = [
     Upstream(
@@ -103,6 +135,15 @@ UPSTREAMS = [
         OKTA_USERS,
         {"include_nodes": True, "source_node_types": {"nodes": [{"node_type": "OktaUsr"}]}},
         ("submit", 400),
+    ),
+    Upstream(
+        "snowflake",
+        private_key_pem(private_key()),
+        _start_snowflake,
+        snowflake_connection,
+        {"statement": "SELECT id, name FROM employees ORDER BY id LIMIT 5"},
+        {"statement": "SELECT * FROM no_such_table"},
+        ("submit", 400),  # the JWT it echoes is a credential for an hour
     ),
 ]
 
@@ -218,6 +259,8 @@ def test_no_secret_leaks_on_success_or_any_failure(
         secrets |= forms_of(ES_PASSWORD) | forms_of(f"{ES_USER}:{ES_PASSWORD}")
     if upstream.provider == "looker":
         assert len(upstream.derived_secrets([fast, slow])) >= 2  # tokens were issued, so are searched
+    if upstream.provider == "snowflake":
+        assert len({token for emulator in (fast, slow) for token in emulator.bearer_tokens_seen}) >= 2
     haystack = "\n".join(seen)
     assert "leak-timeout" in haystack
     assert "UpstreamQueryFailed" in haystack

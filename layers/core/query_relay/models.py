@@ -27,8 +27,8 @@ from pydantic import (
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
-PROVIDERS = ("esql", "looker", "veza")
-ProviderName = Literal["esql", "looker", "veza"]
+PROVIDERS = ("esql", "looker", "veza", "snowflake")
+ProviderName = Literal["esql", "looker", "veza", "snowflake"]
 OutputFormat = Literal["jsonl", "csv", "native"]
 Compression = Literal["none", "gzip"]
 MAX_PROBLEMS_DESCRIBED = 20
@@ -114,6 +114,9 @@ class BasicAuth(StrictModel):
 class BearerAuth(StrictModel):
     type: Literal["bearer"]
     token: Secret
+    # What the token is, for an upstream that must be told (Snowflake: an OAuth access token, the
+    # default, or a programmatic access token). Providers that take no token type refuse it.
+    token_type: Literal["OAUTH", "PROGRAMMATIC_ACCESS_TOKEN"] | None = None
 
 
 class ClientCredentialsAuth(StrictModel):
@@ -122,7 +125,20 @@ class ClientCredentialsAuth(StrictModel):
     client_secret: Secret
 
 
-Auth = Annotated[ApiKeyAuth | BasicAuth | BearerAuth | ClientCredentialsAuth, Field(discriminator="type")]
+class KeyPairAuth(StrictModel):
+    """Snowflake key-pair authentication: the user's RSA private key (PEM, PKCS#8, encrypted with
+    ``private_key_passphrase`` or not) signs the JWTs the requests carry."""
+
+    type: Literal["key_pair"]
+    account: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    user: str = Field(min_length=1)
+    private_key: Secret
+    private_key_passphrase: Secret | None = None
+
+
+Auth = Annotated[
+    ApiKeyAuth | BasicAuth | BearerAuth | ClientCredentialsAuth | KeyPairAuth, Field(discriminator="type")
+]
 
 
 class Connection(StrictModel):

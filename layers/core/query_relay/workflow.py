@@ -182,6 +182,7 @@ def _start(request: _Request, seconds_left: float | None) -> JobState:
         wait_seconds=_bounded_wait(get_settings().submit_wait_seconds, seconds_left),
         timeout_seconds=request.spec.polling.timeout_seconds,
         on_started=_recorder(request.step, request.job_id, request.submitted_at),
+        request_key=f"{request.step.execution_arn or request.step.execution}/{request.job_id}",
     )
     with _provider_for(request.spec.connection, request.connection) as provider:
         with provider.submit(request.query, options) as submission:

@@ -25,6 +25,7 @@ PROVIDERS: dict[str, str] = {
     "esql": "query_relay.providers.esql:EsqlProvider",
     "looker": "query_relay.providers.looker:LookerProvider",
     "veza": "query_relay.providers.veza:VezaProvider",
+    "snowflake": "query_relay.providers.snowflake:SnowflakeProvider",
 }
 
 

@@ -120,6 +120,9 @@ class SubmitOptions:
     # Told the task's id (and the state Poll and Fetch need) the moment the upstream names it, before
     # any inline wait, so that a retried Submit can resume the task (query_relay.submissions).
     on_started: Callable[[str, dict[str, Any]], None] | None = None
+    # The same for every attempt at this job's submit (its execution and job id): an upstream that
+    # takes a request id (Snowflake's requestId) starts one statement however often Submit is retried.
+    request_key: str | None = None
 
     def started(self, upstream_id: str, state: ProviderState) -> None:
         if self.on_started is not None:
@@ -144,6 +147,8 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     long_polls: ClassVar[bool] = False
     # How long a rate-limited Poll waits when the upstream sends no Retry-After (None: the schedule's).
     rate_limit_default_seconds: ClassVar[float | None] = None
+    # The ``auth.token_type`` values a bearer connection may name (none: the field is refused).
+    bearer_token_types: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def check_connection(cls, connection_name: str, connection: Connection) -> None:
@@ -152,6 +157,11 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
             raise InvalidConnection(
                 f"connection {connection_name!r}: {cls.name} connections take {cls.auth_hint}, "
                 f"not {connection.auth.type}"
+            )
+        token_type = getattr(connection.auth, "token_type", None)
+        if token_type is not None and token_type not in cls.bearer_token_types:
+            raise InvalidConnection(
+                f"connection {connection_name!r}: auth.token_type is not used by {cls.name} connections"
             )
 
     def __init__(self, connection_name: str, connection: Connection) -> None:

@@ -26,7 +26,14 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from query_relay.models import ApiKeyAuth, BasicAuth, BearerAuth, ClientCredentialsAuth, Connection
+from query_relay.models import (
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    ClientCredentialsAuth,
+    Connection,
+    KeyPairAuth,
+)
 from query_relay.observability import logger
 
 # Renew a token this long before the upstream says it expires (capped at half its lifetime).
@@ -224,6 +231,9 @@ def _connection_secrets(connection: Connection) -> list[str]:
         return [password, base64.b64encode(pair).decode("ascii")]
     if isinstance(auth, BearerAuth):
         return [auth.token.get_secret_value()]
+    if isinstance(auth, KeyPairAuth):
+        passphrase = auth.private_key_passphrase
+        return [auth.private_key.get_secret_value(), *([passphrase.get_secret_value()] if passphrase else [])]
     return [auth.client_secret.get_secret_value()]
 
 
