@@ -56,7 +56,14 @@ def _snowflake(secret: str | None) -> EmulatorServer:
     return SnowflakeEmulator(oauth_token=secret)
 
 
+def _databricks(secret: str | None) -> EmulatorServer:
+    from query_relay_local.emulators.databricks import DatabricksEmulator  # noqa: PLC0415
+
+    return DatabricksEmulator(token=secret)
+
+
 LOOKER_CLIENT_ID = "query-relay-local"
+DATABRICKS_WAREHOUSE_ID = "5e1f0c2d3b4a6978"  # the emulator's (emulators.databricks.WAREHOUSE_ID)
 
 UPSTREAMS: dict[str, Upstream] = {
     "esql": Upstream(
@@ -178,6 +185,31 @@ UPSTREAMS: dict[str, Upstream] = {
                     "output": {"format": "jsonl", "compression": "gzip"},
                 },
                 query_seconds=0.0,
+            ),
+        ),
+    ),
+    "databricks": Upstream(
+        name="databricks",
+        title="Databricks",
+        start=_databricks,
+        connection=lambda base_url, secret: {
+            "provider": "databricks",
+            "base_url": base_url,
+            "auth": {"type": "bearer", "token": secret},  # a token (OAuth M2M: see the README)
+        },
+        demo_jobs=(
+            DemoJob(
+                "A statement with a named parameter, polled, its 5 chunks downloaded from external links",
+                {
+                    "query": {
+                        "statement": "SELECT n, square, label FROM numbers WHERE n <= :last ORDER BY n",
+                        "warehouse_id": DATABRICKS_WAREHOUSE_ID,
+                        "parameters": [{"name": "last", "value": "5000", "type": "INT"}],
+                    },
+                    "output": {"format": "csv", "compression": "none"},
+                    "polling": {"initial_seconds": 1, "max_seconds": 2, "timeout_seconds": 120},
+                },
+                query_seconds=3.0,
             ),
         ),
     ),

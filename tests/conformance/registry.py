@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .harness_databricks import DatabricksHarness
 from .harness_looker import LookerHarness
 from .harness_snowflake import SnowflakeHarness
 from .harness_veza import VezaHarness
@@ -12,4 +13,5 @@ HARNESSES: list[ProviderHarness] = [
     LookerHarness(),
     VezaHarness(),
     SnowflakeHarness(),
+    DatabricksHarness(),
 ]

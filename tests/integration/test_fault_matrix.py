@@ -32,6 +32,7 @@ import httpx
 import pytest
 from werkzeug.wrappers import Request
 
+from query_relay_local.emulators.databricks import WAREHOUSE_ID, DatabricksEmulator
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.emulators.http import EmulatorServer
 from query_relay_local.emulators.looker import LookerEmulator
@@ -42,6 +43,10 @@ from query_relay_local.stack import LocalStack
 from ..conformance.harness_snowflake import private_key, public_key_pem, signed_jwt
 from .conftest import ES_CONNECTION, ESQL_API_KEY, esql_connection, run_job
 from .landed import read_object
+from .test_databricks_jobs import CLIENT_ID as DATABRICKS_CLIENT_ID
+from .test_databricks_jobs import CLIENT_SECRET as DATABRICKS_CLIENT_SECRET
+from .test_databricks_jobs import DATABRICKS_CONNECTION, databricks_connection
+from .test_databricks_jobs import expected_rows as databricks_rows
 from .test_esql_jobs import expected_rows as esql_rows
 from .test_esql_jobs import upstream_answer
 from .test_looker_jobs import (
@@ -79,6 +84,8 @@ VEZA_QUERY: dict[str, Any] = {**OKTA_USERS, "page_size": 5}  # 14 nodes: three p
 # 400 rows in partitions of 50: Fetch reads the ResultSet (partition 0), then 7 gzipped partitions.
 SNOWFLAKE_STATEMENT = "SELECT n, square, label, ratio FROM numbers WHERE n <= 400 ORDER BY n"
 SNOWFLAKE_PARTITION_ROWS = 50
+# The same rows in chunks of 50: Fetch downloads 8 external links from the storage listener.
+DATABRICKS_CHUNK_ROWS = 50
 TRUNCATE_AFTER_BYTES = 1500  # well inside every provider's first answer of the result
 TRICKLE_SECONDS = 1.5  # a byte this often: inside the client's 2 s per-read timeout
 
@@ -211,6 +218,30 @@ def _snowflake(emulator: SnowflakeEmulator) -> Upstream:
     )
 
 
+def _databricks(emulator: DatabricksEmulator) -> Upstream:
+    def set_seconds(seconds: float) -> None:
+        emulator.config.query_seconds = seconds
+
+    emulator.config.chunk_rows = DATABRICKS_CHUNK_ROWS
+    return Upstream(
+        provider="databricks",
+        connection_name=DATABRICKS_CONNECTION,
+        emulator=emulator,
+        connection={**databricks_connection(emulator), "timeout_seconds": CLIENT_TIMEOUT_SECONDS},
+        query={"statement": SNOWFLAKE_STATEMENT, "warehouse_id": WAREHOUSE_ID},
+        # Fetch's own reads of the result are the links' downloads (another origin, no credentials).
+        operations={"submit": ("submit", None), "poll": ("status", None), "fetch": ("link", None)},
+        expected_rows=lambda: [
+            {name.lower(): value for name, value in row.items()}
+            for row in databricks_rows(SNOWFLAKE_STATEMENT)
+        ],
+        landed_state="succeeded",
+        cleaned_finished_state="succeeded",  # a finished statement is not cancelled
+        set_query_seconds=set_seconds,
+        task_states=emulator.statement_states,
+    )
+
+
 @contextmanager
 def started_upstream(provider: str, connection_name: str | None = None) -> Iterator[Upstream]:
     """A started emulator of `provider` and what a job needs to use it (under `connection_name`)."""
@@ -219,6 +250,8 @@ def started_upstream(provider: str, connection_name: str | None = None) -> Itera
         emulator = EsqlEmulator(api_key=ESQL_API_KEY)
     elif provider == "looker":
         emulator = LookerEmulator(client_id=LOOKER_CLIENT_ID, client_secret=LOOKER_CLIENT_SECRET)
+    elif provider == "databricks":
+        emulator = DatabricksEmulator(client_id=DATABRICKS_CLIENT_ID, client_secret=DATABRICKS_CLIENT_SECRET)
     elif provider == "snowflake":
         emulator = SnowflakeEmulator(
             account=SNOWFLAKE_ACCOUNT, user=SNOWFLAKE_USER, public_key_pem=public_key_pem(private_key())
@@ -232,6 +265,8 @@ def started_upstream(provider: str, connection_name: str | None = None) -> Itera
             upstream = _looker(emulator)
         elif isinstance(emulator, SnowflakeEmulator):
             upstream = _snowflake(emulator)
+        elif isinstance(emulator, DatabricksEmulator):
+            upstream = _databricks(emulator)
         else:
             assert isinstance(emulator, VezaEmulator)
             upstream = _veza(emulator)
@@ -351,7 +386,7 @@ def lambda_errors(history: list[Any]) -> list[str]:
     ]
 
 
-ALL = ("esql", "looker", "veza", "snowflake")
+ALL = ("esql", "looker", "veza", "snowflake", "databricks")
 
 
 def case_name(phase: str, fault: dict[str, Any]) -> str:
@@ -384,7 +419,7 @@ TRANSIENT_FAULTS: list[tuple[str, dict[str, Any]]] = [
 # end, minutes away, so its trickled submit is a unit test (test_upstream_deadline.py).
 TRANSIENT_ONLY = {
     provider: [("submit", {"trickle_seconds": TRICKLE_SECONDS})]
-    for provider in ("looker", "veza", "snowflake")
+    for provider in ("looker", "veza", "snowflake", "databricks")
 }
 
 
@@ -473,6 +508,7 @@ def test_persistent_faults_fail_the_job_with_a_named_error_and_leave_nothing_in_
         pytest.param("looker", None, id="looker"),
         pytest.param("veza", None, id="veza"),
         pytest.param("snowflake", None, id="snowflake"),
+        pytest.param("databricks", None, id="databricks"),
     ],
     indirect=["upstream"],
 )
@@ -495,6 +531,9 @@ def test_a_task_failing_after_running_a_while_fails_upstream_query_failed_with_i
     elif isinstance(emulator, SnowflakeEmulator):
         emulator.config.fail_after_seconds = 1.5
         reason, failed_state = emulator.config.fail_message, "failed"
+    elif isinstance(emulator, DatabricksEmulator):
+        spec["query"] = {**spec["query"], "statement": "SELECT * FROM no_such_table"}  # fails as it ends
+        reason, failed_state = "TABLE_OR_VIEW_NOT_FOUND", "failed"
     else:
         assert isinstance(emulator, VezaEmulator)
         emulator.config.fail_after_seconds = 1.5
@@ -634,6 +673,14 @@ _AUTHENTICATED_REQUEST: dict[str, tuple[str, str, dict[str, Any]]] = {
                 "Authorization": f"Bearer {signed_jwt(SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER, private_key())}",
                 "X-Snowflake-Authorization-Token-Type": "KEYPAIR_JWT",
             }
+        },
+    ),
+    "databricks": (
+        "POST",
+        "/oidc/v1/token",
+        {
+            "data": {"grant_type": "client_credentials", "scope": "all-apis"},
+            "auth": (DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET),
         },
     ),
 }

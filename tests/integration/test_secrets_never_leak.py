@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from query_relay_local import cli
 from query_relay_local.api_server import LocalApiServer
+from query_relay_local.emulators.databricks import WAREHOUSE_ID, DatabricksEmulator
 from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.emulators.looker import LookerEmulator
 from query_relay_local.emulators.snowflake import SnowflakeEmulator
@@ -59,6 +60,8 @@ class Upstream:
         tokens: set[str] = set()
         for emulator in emulators:
             if isinstance(emulator, LookerEmulator):
+                tokens |= set(emulator.issued_tokens())
+            if isinstance(emulator, DatabricksEmulator):
                 tokens |= set(emulator.issued_tokens())
             if isinstance(emulator, SnowflakeEmulator):
                 tokens |= emulator.bearer_tokens_seen  # the JWTs the key signed
@@ -107,6 +110,20 @@ def snowflake_connection(emulator: SnowflakeEmulator, secret: str) -> dict[str, 
 
 
 SNOWFLAKE_ACCOUNT, SNOWFLAKE_USER = "leaks", "relay"
+DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET = "leak-test-sp", "databricks-sp-secret-6f2b8d40"
+
+
+def _start_databricks(exits: ExitStack, query_seconds: float) -> DatabricksEmulator:
+    emulator = DatabricksEmulator(client_id=DATABRICKS_CLIENT_ID, client_secret=DATABRICKS_CLIENT_SECRET)
+    started = exits.enter_context(emulator)
+    started.config.query_seconds = query_seconds
+    return started
+
+
+def databricks_connection(emulator: DatabricksEmulator, secret: str) -> dict[str, Any]:
+    auth = {"type": "client_credentials", "client_id": DATABRICKS_CLIENT_ID, "client_secret": secret}
+    return {"provider": "databricks", "base_url": emulator.base_url, "auth": auth}
+
 
 UPSTREAMS = [
     Upstream(
@@ -144,6 +161,15 @@ UPSTREAMS = [
         {"statement": "SELECT id, name FROM employees ORDER BY id LIMIT 5"},
         {"statement": "SELECT * FROM no_such_table"},
         ("submit", 400),  # the JWT it echoes is a credential for an hour
+    ),
+    Upstream(
+        "databricks",
+        DATABRICKS_CLIENT_SECRET,
+        _start_databricks,
+        databricks_connection,
+        {"statement": "SELECT id, name FROM employees ORDER BY id LIMIT 5", "warehouse_id": WAREHOUSE_ID},
+        {"statement": "SELECT * FROM no_such_table", "warehouse_id": WAREHOUSE_ID},
+        ("token", 401),  # the Basic pair it echoes holds the client secret
     ),
 ]
 
@@ -261,6 +287,9 @@ def test_no_secret_leaks_on_success_or_any_failure(
         assert len(upstream.derived_secrets([fast, slow])) >= 2  # tokens were issued, so are searched
     if upstream.provider == "snowflake":
         assert len({token for emulator in (fast, slow) for token in emulator.bearer_tokens_seen}) >= 2
+    if upstream.provider == "databricks":
+        assert len(upstream.derived_secrets([fast, slow])) >= 2  # tokens were issued, so are searched
+        secrets |= forms_of(f"{DATABRICKS_CLIENT_ID}:{DATABRICKS_CLIENT_SECRET}")
     haystack = "\n".join(seen)
     assert "leak-timeout" in haystack
     assert "UpstreamQueryFailed" in haystack

@@ -285,3 +285,29 @@ def test_a_long_retry_after_within_the_deadline_is_honoured_up_to_the_cap() -> N
     watch_upstream(provider, WIDE, job, hold_seconds=0, jitter=None)
     # Then the Wait is the cap (the upstream is asked again then), not 90 minutes
     assert job.wait_seconds == RETRY_AFTER_MAX_SECONDS
+
+
+class UnwatchedCancelsProvider(RateLimitedProvider):
+    """An upstream that drops a task nobody looked at for 10 minutes (as Databricks does after 15)."""
+
+    max_check_gap_seconds: ClassVar[int | None] = 600
+
+
+@pytest.mark.parametrize("retry_after", [None, 1800.0])
+def test_no_gap_outlasts_what_the_upstream_allows_whatever_the_polling_or_retry_after(
+    retry_after: float | None,
+) -> None:
+    # Given a job 10 hours in, polling that allows an hour between looks, and maybe a Retry-After of 30 min
+    clock = FakeClock()
+    provider = UnwatchedCancelsProvider(clock, retry_after=retry_after or 0.0)
+    job = running_job(started_seconds_ago=36_000)
+    job.deadline = job.submitted_at + timedelta(hours=24)
+    polling = PollingSpec(initial_seconds=3600, max_seconds=3600)
+    # When a Poll hands over to the state machine
+    watch_upstream(provider, polling, job, hold_seconds=0, clock=clock, sleep=clock.sleep, jitter=None)
+    # Then the Wait state is no longer than the upstream allows
+    assert job.wait_seconds == 600
+    # (and the same upstream without the limit would have waited the hour)
+    unlimited = RateLimitedProvider(clock, retry_after=retry_after or 0.0)
+    watch_upstream(unlimited, polling, job, hold_seconds=0, clock=clock, sleep=clock.sleep, jitter=None)
+    assert job.wait_seconds > 600

@@ -27,8 +27,8 @@ from pydantic import (
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
-PROVIDERS = ("esql", "looker", "veza", "snowflake")
-ProviderName = Literal["esql", "looker", "veza", "snowflake"]
+PROVIDERS = ("esql", "looker", "veza", "snowflake", "databricks")
+ProviderName = Literal["esql", "looker", "veza", "snowflake", "databricks"]
 OutputFormat = Literal["jsonl", "csv", "native"]
 Compression = Literal["none", "gzip"]
 MAX_PROBLEMS_DESCRIBED = 20

@@ -354,7 +354,19 @@ def _first_wait_seconds(provider: Provider[Any, Any], spec: JobSpec, submitted_a
     if provider.long_polls:
         return MIN_WAIT_SECONDS
     elapsed = (_now() - submitted_at).total_seconds()
-    return next_wait_seconds(spec.polling, 0, elapsed_seconds=elapsed, jitter=random.random)
+    return next_wait_seconds(
+        _polling_for(provider, spec.polling), 0, elapsed_seconds=elapsed, jitter=random.random
+    )
+
+
+def _polling_for(provider: Provider[Any, Any], polling: PollingSpec) -> PollingSpec:
+    """The job's polling, its longest gap cut to what the upstream allows (``max_check_gap_seconds``)."""
+    most = provider.max_check_gap_seconds
+    if most is None or polling.max_seconds <= most:
+        return polling
+    return polling.model_copy(
+        update={"max_seconds": most, "initial_seconds": min(polling.initial_seconds, most)}
+    )
 
 
 def _upstream_time(seconds_left: float | None) -> AbstractContextManager[None]:
@@ -419,6 +431,7 @@ def watch_upstream(
     ``job.status`` to FINISHED, or ``job.wait_seconds`` for the Wait state; the last status."""
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to watch: the upstream gave no task id")  # pragma: no cover
+    polling = _polling_for(provider, polling)
     hold_until = clock() + max(hold_seconds, 0.0)
     checks = 0
     while True:
@@ -438,7 +451,9 @@ def watch_upstream(
             hold_left_seconds=hold_until - clock(),
             job_seconds_left=job_seconds_left,
             long_polls=provider.long_polls,
-            retry_after_seconds=_honoured_retry_after(status.retry_after_seconds, job_seconds_left),
+            retry_after_seconds=_honoured_retry_after(
+                status.retry_after_seconds, job_seconds_left, most=provider.max_check_gap_seconds
+            ),
             jitter=jitter,
         )
         if next_check.in_lambda_seconds is None:
@@ -447,10 +462,13 @@ def watch_upstream(
         sleep(next_check.in_lambda_seconds)
 
 
-def _honoured_retry_after(seconds: float | None, job_seconds_left: float) -> float | None:
-    """The upstream's Retry-After, at most ``RETRY_AFTER_MAX_SECONDS`` (then it is asked again).
-    One that reaches past the job's deadline cannot be honoured: the job fails now rather than
-    wait its deadline out (the state machine retries the Poll a few times first)."""
+def _honoured_retry_after(
+    seconds: float | None, job_seconds_left: float, *, most: float | None = None
+) -> float | None:
+    """The upstream's Retry-After, at most ``RETRY_AFTER_MAX_SECONDS`` (then it is asked again) and
+    ``most``, the longest gap the upstream lets a task go unlooked-at. One that reaches past the
+    job's deadline cannot be honoured: the job fails now rather than wait its deadline out (the
+    state machine retries the Poll a few times first)."""
     if seconds is None:
         return None
     if seconds > job_seconds_left:
@@ -459,7 +477,7 @@ def _honoured_retry_after(seconds: float | None, job_seconds_left: float) -> flo
             f"job's deadline in {max(job_seconds_left, 0):.0f}s (polling.timeout_seconds)",
             retry_after_seconds=seconds,
         )
-    return min(seconds, RETRY_AFTER_MAX_SECONDS)
+    return min(seconds, RETRY_AFTER_MAX_SECONDS, most if most is not None else RETRY_AFTER_MAX_SECONDS)
 
 
 # --- Fetch ----------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ Test hooks, in process and over HTTP (no auth, not logged in `requests`):
 - `statement_states()` -> `{id: "pending" | "running" | "succeeded" | "failed" | "canceled" |
   "closed" | "expired"}`; HTTP `GET /_emulator/statements`.
 - `requests` (storage requests included), `submitted` (submit bodies), `token_requests` (calls of
-  the token endpoint); HTTP `GET|DELETE /_emulator/requests`, `GET /_emulator/tokens`.
+  the token endpoint), `issued_tokens()` (the access tokens it issued); HTTP `GET|DELETE
+  /_emulator/requests`, `GET /_emulator/tokens`.
 
 Types (warehouse -> type_name / type_text -> JSON_ARRAY string): integer LONG/BIGINT "42"; decimal
 DECIMAL/DECIMAL(p,s) "123.4500" (scale digits); double DOUBLE as Java prints it ("1.5",
@@ -684,6 +685,11 @@ class DatabricksEmulator(EmulatorServer):
         return self._wsgi_app(environ, start_response)
 
     # -- test hooks --
+
+    def issued_tokens(self) -> list[str]:
+        """Every OAuth access token the token endpoint issued, expired or not (for leak tests)."""
+        with self._lock:
+            return list(self._issued_tokens)
 
     def statement_states(self) -> dict[str, str]:
         now = time.monotonic()

@@ -26,6 +26,7 @@ PROVIDERS: dict[str, str] = {
     "looker": "query_relay.providers.looker:LookerProvider",
     "veza": "query_relay.providers.veza:VezaProvider",
     "snowflake": "query_relay.providers.snowflake:SnowflakeProvider",
+    "databricks": "query_relay.providers.databricks:DatabricksProvider",
 }
 
 

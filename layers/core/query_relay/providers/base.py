@@ -147,6 +147,9 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     long_polls: ClassVar[bool] = False
     # How long a rate-limited Poll waits when the upstream sends no Retry-After (None: the schedule's).
     rate_limit_default_seconds: ClassVar[float | None] = None
+    # The longest the upstream lets a running task go unlooked-at (Databricks cancels a statement
+    # nobody polled for 15 minutes): every gap between checks, Retry-After included, stays under it.
+    max_check_gap_seconds: ClassVar[int | None] = None
     # The ``auth.token_type`` values a bearer connection may name (none: the field is refused).
     bearer_token_types: ClassVar[frozenset[str]] = frozenset()
 

@@ -103,6 +103,18 @@ class StreamedAnswer[R: PushReader]:
             pass
 
 
+def as_line(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """One document's bytes as received, then a newline unless they end with one: how a native
+    object holds several answers (pages, partitions, chunks), one a line."""
+    last = b""
+    for chunk in chunks:
+        if chunk:
+            last = chunk
+            yield chunk
+    if not last.endswith(b"\n"):
+        yield b"\n"
+
+
 def raw_chunks(response: httpx.Response, where: Where) -> Iterator[bytes]:
     """An answer's bytes as they arrive, unread by any parser (html, xlsx ... results)."""
     with where.transport():

@@ -31,7 +31,7 @@ from query_relay.providers.snowflake.auth import snowflake_auth
 from query_relay.providers.snowflake.query import SnowflakeQuery
 from query_relay.upstream.errors import Envelope, ErrorAnswer, Where, read_error_body
 from query_relay.upstream.jsonpath import PathReader
-from query_relay.upstream.stream import StreamedAnswer, small_object
+from query_relay.upstream.stream import StreamedAnswer, as_line, small_object
 from query_relay.upstream.waiting import attempts, growing
 
 Answer = StreamedAnswer[PathReader]
@@ -172,13 +172,7 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
         """Each partition's JSON as received (decompressed), followed by a newline unless it ends
         with one; ``tally.rows`` is the rows counted once the chunks are exhausted."""
         for number, page in enumerate(self._partitions(first, statement, partitions, tally, keep_rows=False)):
-            last = b""
-            for chunk in page.raw_chunks():
-                if chunk:
-                    last = chunk
-                    yield chunk
-            if not last.endswith(b"\n"):
-                yield b"\n"
+            yield from as_line(page.raw_chunks())
             tally.rows += answer.counted(page.reader, partitions[number], number)
 
     def _partitions(

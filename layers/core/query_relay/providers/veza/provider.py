@@ -27,7 +27,7 @@ from query_relay.providers.veza.answer import COUNT_COLUMNS, NODE_COLUMNS, Resul
 from query_relay.providers.veza.query import VezaQuery
 from query_relay.upstream.errors import Envelope, ErrorAnswer, Where
 from query_relay.upstream.jsonpath import PathReader
-from query_relay.upstream.stream import StreamedAnswer
+from query_relay.upstream.stream import StreamedAnswer, as_line
 from query_relay.upstream.waiting import attempts, growing
 
 Answer = StreamedAnswer[PathReader]
@@ -133,13 +133,7 @@ class VezaProvider(base.Provider[VezaQuery, VezaState]):
         ``tally.rows`` counts the nodes (1 for a count) once the chunks are exhausted."""
         pages = self._pages(first, spec, tally, keep_nodes=False) if kind == "nodes" else iter([first])
         for page in pages:
-            last = b""
-            for chunk in page.raw_chunks():
-                if chunk:
-                    last = chunk
-                    yield chunk
-            if not last.endswith(b"\n"):
-                yield b"\n"
+            yield from as_line(page.raw_chunks())
             tally.rows += page.reader.item_count
         if kind == "count":
             answer.count(first.reader)  # the count must be readable even though its bytes pass untouched

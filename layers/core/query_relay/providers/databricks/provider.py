@@ -1,0 +1,365 @@
+"""Databricks SQL Statement Execution 2.0 (docs/upstreams/databricks.md): ``POST
+/api/2.0/sql/statements`` runs a statement, ``GET .../{id}`` reports it, ``GET
+.../{id}/result/chunks/{n}`` hands out the links to its result's chunks, ``POST .../{id}/cancel``
+stops it.
+
+Submit asks for ``EXTERNAL_LINKS`` in ``JSON_ARRAY`` with ``on_wait_timeout: CONTINUE`` and lets
+Databricks hold the call for the submit's wait (``answer.wait_timeout``: below 5 s it answers at
+once and the wait is spent looking again from here). A statement done by then goes straight to
+Fetch, which reads every result in one place. Poll looks once: a GET cannot be held until the
+statement ends. Fetch reads the manifest, then chunks 0 .. N-1 in order, each downloaded from cloud
+storage with exactly its link's ``http_headers`` and none of our credentials, a link that expired
+renewed by asking for its chunk again; values are typed by the manifest's column types, and
+``native`` stores each chunk's body as received, one a line.
+
+Credentials: a bearer token (a PAT or an OAuth token), or OAuth M2M: ``POST /oidc/v1/token`` with
+the client id and secret as HTTP Basic, the token cached per host, client and secret
+(query_relay.upstream.auth.TokenAuth: one login an hour per warm Lambda, a new one on 401).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel
+
+from query_relay.exceptions import (
+    QueryRelayError,
+    UpstreamAuthFailed,
+    UpstreamPartialResult,
+    UpstreamRateLimited,
+    UpstreamTaskExpired,
+    UpstreamUnavailable,
+)
+from query_relay.models import BearerAuth, ClientCredentialsAuth, Connection, OutputFormat
+from query_relay.observability import logger
+from query_relay.providers import base
+from query_relay.providers.databricks import answer
+from query_relay.providers.databricks.query import DatabricksQuery
+from query_relay.upstream.address import upstream_address_policy
+from query_relay.upstream.auth import Token, TokenAuth, token_key
+from query_relay.upstream.errors import (
+    REASON_LIMIT,
+    Envelope,
+    ErrorAnswer,
+    Where,
+    raise_for_response,
+    read_error_body,
+)
+from query_relay.upstream.jsonpath import PathReader
+from query_relay.upstream.stream import StreamedAnswer, as_line, small_object
+from query_relay.upstream.waiting import attempts, growing
+
+Answer = StreamedAnswer[PathReader]
+# A chunk's link that expired (or that storage refuses with 403) is replaced by asking for the
+# chunk again, at most this many times a chunk; the last link is tried whatever our clock says.
+LINK_RENEWALS = 2
+
+
+class DatabricksState(base.ProviderState):
+    """Whether the job lands a result Databricks marks ``truncated`` (``query.allow_partial_results``)."""
+
+    allow_partial: bool = False
+
+
+class ClientCredentialsTokenAuth(TokenAuth):
+    """OAuth M2M access tokens; the HTTP Basic pair the login sends is a secret too (a token
+    endpoint may echo the header it was sent)."""
+
+    def __init__(self, connection: Connection, login: Callable[[], Token]) -> None:
+        super().__init__(token_key(connection), login)
+        auth = connection.auth
+        assert isinstance(auth, ClientCredentialsAuth)
+        pair = f"{auth.client_id}:{auth.client_secret.get_secret_value()}".encode()
+        self._basic_pair = base64.b64encode(pair).decode("ascii")
+
+    def secrets(self) -> list[str]:
+        return [*super().secrets(), self._basic_pair]
+
+
+@dataclass
+class _Tally:
+    chunks: int = 0
+    rows: int = 0
+
+
+class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
+    name: ClassVar[str] = "databricks"
+    query_model: ClassVar[type[BaseModel]] = DatabricksQuery
+    state_model: ClassVar[type[base.ProviderState]] = DatabricksState
+    auth_types: ClassVar[tuple[type, ...]] = (BearerAuth, ClientCredentialsAuth)
+    auth_hint: ClassVar[str] = (
+        "bearer auth (a personal access token or an OAuth access token) or client_credentials auth "
+        '({"type": "client_credentials", "client_id", "client_secret"}: a service principal\'s OAuth '
+        "secret, OAuth M2M)"
+    )
+
+    # Databricks cancels a statement nobody polled for 15 minutes: no gap between looks is longer
+    # than 10 (a Wait state, a Poll's own time and its retries fit in the 5 left).
+    max_check_gap_seconds: ClassVar[int | None] = 600
+
+    # Looking again at a new statement inside Submit's wait: pauses grow from the first to the last.
+    STATUS_POLL_FIRST_SECONDS: ClassVar[float] = 0.25
+    STATUS_POLL_MAX_SECONDS: ClassVar[float] = 2.0
+
+    def _auth(self) -> httpx.Auth | None:
+        if isinstance(self.connection.auth, ClientCredentialsAuth):
+            return ClientCredentialsTokenAuth(self.connection, self._login)
+        return None  # bearer: the token as it is
+
+    # - submit -
+
+    @contextmanager
+    def _submit(self, query: DatabricksQuery, options: base.SubmitOptions) -> Iterator[base.Submission]:
+        """Start the statement; one done inside ``options.wait_seconds`` is finished, and Fetch
+        reads its result (the Submission carries none)."""
+        where = self.http.where("databricks submit")
+        server_wait = answer.wait_timeout(options.wait_seconds)
+        body = {
+            **query.request_body(),
+            "disposition": "EXTERNAL_LINKS",
+            "format": "JSON_ARRAY",
+            "wait_timeout": f"{server_wait}s",
+            "on_wait_timeout": "CONTINUE",
+        }
+        began = time.monotonic()
+        request: dict[str, Any] = {"json": body, "read_allowance_seconds": server_wait}
+        with self._request("POST", answer.STATEMENTS_PATH, where, **request) as response:
+            found = answer.read_statement(response, where)
+        statement = found.statement_id
+        if statement is None:
+            raise where.protocol_error("the answer names no statement_id")
+        state = DatabricksState(allow_partial=bool(query.allow_partial_results))
+        options.started(statement, state)
+        logger.info(
+            "databricks statement started", extra={"upstream_id": statement, "state": found.status.state}
+        )
+        finished = answer.finished(found, statement, where)
+        left = options.wait_seconds - (time.monotonic() - began)
+        if not finished and left > 0:
+            finished = self._wait_inline(statement, left)
+        yield base.Submission(upstream_id=statement, finished=finished, state=state.dump())
+
+    def _wait_inline(self, statement: str, wait_seconds: float) -> bool:
+        where = self.http.where("databricks submit")
+        pauses = growing(self.STATUS_POLL_FIRST_SECONDS, self.STATUS_POLL_MAX_SECONDS)
+        for _ in attempts(pauses, seconds=wait_seconds, pause_first=True):
+            try:
+                if answer.finished(self._statement(statement, where), statement, where):
+                    return True
+            except (UpstreamRateLimited, UpstreamUnavailable):
+                return False  # the statement is recorded: the state machine's Poll looks later
+        return False
+
+    # - poll -
+
+    def _poll(self, upstream_id: str, state: DatabricksState, wait_seconds: float) -> base.PollStatus:
+        """One look: PENDING and RUNNING go on, SUCCEEDED is finished, any other end fails the job."""
+        where = self.http.where("databricks poll")
+        found = self._statement(upstream_id, where)
+        finished = answer.finished(found, upstream_id, where)
+        logger.info("databricks statement polled", extra={"upstream_id": upstream_id, "finished": finished})
+        return base.PollStatus(finished=finished, detail=found.status.state.lower())
+
+    # - fetch -
+
+    @contextmanager
+    def _fetch(
+        self, upstream_id: str, state: DatabricksState, output_format: OutputFormat
+    ) -> Iterator[base.FetchedResult]:
+        where = self.http.where("databricks fetch")
+        found = self._statement(upstream_id, where, with_result=True)
+        if not answer.finished(found, upstream_id, where):
+            raise where.protocol_error(f"statement {upstream_id!r} is not finished")
+        manifest = answer.manifest(found.manifest, where)
+        if manifest.truncated:
+            self._check_truncated(manifest, state, upstream_id, where)
+        first = found.result.get("external_links") if isinstance(found.result, dict) else None
+        known = self._links(first, where, 0)  # chunk 0's, handed out with the statement
+        columns = answer.columns(manifest)
+        tally = _Tally()
+        keep_rows = output_format != "native"
+        chunks = self._chunks(upstream_id, manifest, known, tally, keep_rows=keep_rows)
+
+        def partial() -> bool:
+            return manifest.truncated
+
+        if output_format == "native":
+            yield base.NativeResult(
+                chunks=self._native(chunks),
+                extension="jsonl",
+                columns=columns,
+                counted=lambda: tally.rows,
+                partial=partial,
+            )
+        else:
+            rows = answer.typed_rows(manifest, where)(self._rows(chunks))
+            yield base.TabularResult(columns=columns, rows=rows, partial=partial)
+
+    @staticmethod
+    def _check_truncated(
+        manifest: answer.Manifest, state: DatabricksState, statement: str, where: Where
+    ) -> None:
+        """A truncated result fails the job before a row is read, unless the job opted in."""
+        if not state.allow_partial:
+            raise UpstreamPartialResult(
+                f"{where}: Databricks says the result of statement {statement!r} is truncated "
+                f"(manifest.truncated: true, {manifest.total_row_count} rows kept; EXTERNAL_LINKS stop "
+                "at 100 GiB); set query.allow_partial_results to land it"
+            )
+        logger.warning(
+            "databricks result is truncated; landing it as the job allows",
+            extra={"upstream_id": statement, "row_count": manifest.total_row_count},
+        )
+
+    @staticmethod
+    def _rows(chunks: Iterator[Answer]) -> Iterator[list[Any]]:
+        for page in chunks:
+            yield from page.items()
+
+    @staticmethod
+    def _native(chunks: Iterator[Answer]) -> Iterator[bytes]:
+        """Each chunk's body as received, followed by a newline unless it ends with one."""
+        for page in chunks:
+            yield from as_line(page.raw_chunks())
+
+    def _chunks(
+        self,
+        statement: str,
+        manifest: answer.Manifest,
+        known: dict[int, answer.ExternalLink],
+        tally: _Tally,
+        *,
+        keep_rows: bool,
+    ) -> Iterator[Answer]:
+        """Each chunk's body in order, yielded open; once the caller has read it, its rows are held
+        to the manifest's count."""
+        for index in range(manifest.chunk_count):
+            with self._download(statement, index, known, keep_rows=keep_rows) as (page, link):
+                yield page
+                expected = manifest.chunk_rows(index)
+                tally.rows += answer.counted(
+                    page.reader, link.row_count if expected is None else expected, index
+                )
+                tally.chunks += 1
+        if manifest.total_row_count is not None and tally.rows != manifest.total_row_count:
+            raise self.http.where("databricks fetch").protocol_error(
+                f"the chunks hold {tally.rows} rows where the manifest says {manifest.total_row_count}"
+            )
+        logger.info("databricks result read", extra={"chunks": tally.chunks, "rows": tally.rows})
+
+    @contextmanager
+    def _download(
+        self, statement: str, index: int, known: dict[int, answer.ExternalLink], *, keep_rows: bool
+    ) -> Iterator[tuple[Answer, answer.ExternalLink]]:
+        """Chunk ``index``'s body from its link: no Authorization (``auth=None``: storage refuses a
+        second credential) and exactly the link's headers. The address policy applies to the link's
+        host as to any (query_relay.upstream.address)."""
+        where = self.http.where(f"databricks fetch (chunk {index})")
+        renewals = 0
+        while True:
+            link = known.pop(index, None)
+            if link is None or (renewals < LINK_RENEWALS and link.expired(datetime.now(UTC))):
+                if link is not None:  # expired by our clock: replacing it is a renewal
+                    renewals += 1
+                known.update(self._chunk_links(statement, index, where))
+                link = known.pop(index, None)
+                if link is None:
+                    raise where.protocol_error(f"the answer for chunk {index} holds no link to it")
+            request: dict[str, Any] = {"headers": link.http_headers, "auth": None, "result": True}
+            with self._request("GET", link.external_link, where, check=False, **request) as response:
+                if response.status_code == 403 and renewals < LINK_RENEWALS:
+                    read_error_body(response)
+                    renewals += 1
+                    logger.info(
+                        "databricks chunk link refused; asking for a fresh one", extra={"chunk": index}
+                    )
+                    continue
+                raise_for_response(
+                    response,
+                    where,
+                    envelope=answer.storage_envelope,
+                    classify=answer.classify_download,
+                    redact=self.http.redact,
+                )
+                yield StreamedAnswer(response, answer.chunk_reader(where, keep_rows=keep_rows), where), link
+                return
+
+    def _chunk_links(self, statement: str, index: int, where: Where) -> dict[int, answer.ExternalLink]:
+        with self._request("GET", answer.chunk_path(statement, index), where, task_id=statement) as response:
+            document = small_object(response, where)
+        return self._links(document.get("external_links"), where, index)
+
+    @staticmethod
+    def _links(value: Any, where: Where, index: int) -> dict[int, answer.ExternalLink]:
+        return answer.links(value, where, index, https_only=not upstream_address_policy().allow_local)
+
+    # - cancel -
+
+    def _cancel(self, upstream_id: str, state: DatabricksState) -> bool:
+        """Only a statement still PENDING or RUNNING is worth stopping: Databricks answers 200 to a
+        cancel of any statement it knows, so the state is read first. Databricks may still let it
+        run to its end (it documents that it may not cancel)."""
+        where = self.http.where("databricks cancel")
+        try:
+            found = self._statement(upstream_id, where)
+        except UpstreamTaskExpired:
+            return False
+        if found.status.state not in answer.RUNNING_STATES:
+            return False
+        path = f"{answer.statement_path(upstream_id)}/cancel"
+        with self._request("POST", path, where, task_id=upstream_id, check=False) as response:
+            if response.status_code == 404:  # forgotten meanwhile: nothing runs any more
+                read_error_body(response)
+                return False
+            self._raise_for(response, where, upstream_id)
+            read_error_body(response)  # the empty acknowledgement; lets the connection be reused
+            return True
+
+    # - talking to Databricks -
+
+    def _statement(self, statement_id: str, where: Where, *, with_result: bool = False) -> answer.Statement:
+        with self._request(
+            "GET", answer.statement_path(statement_id), where, task_id=statement_id
+        ) as response:
+            return answer.read_statement(response, where, with_result=with_result)
+
+    def _login(self) -> Token:
+        """OAuth M2M: ``POST /oidc/v1/token`` with the client id and secret as HTTP Basic (the one
+        request that carries them; no bearer token), scope ``all-apis``."""
+        where = self.http.where("databricks login")
+        auth = self.connection.auth
+        assert isinstance(auth, ClientCredentialsAuth)
+        basic = httpx.BasicAuth(auth.client_id, auth.client_secret.get_secret_value())
+        form = {"grant_type": "client_credentials", "scope": "all-apis"}
+        with self._request("POST", answer.TOKEN_PATH, where, check=False, data=form, auth=basic) as response:
+            if response.status_code in (400, 401, 403):  # OAuth's invalid_client, invalid_scope ...
+                said = answer.envelope(read_error_body(response))
+                reason = self.http.redact(": ".join(part for part in (said.code, said.message) if part))
+                raise UpstreamAuthFailed(
+                    f"{where}: Databricks refused the client credentials (HTTP {response.status_code}"
+                    f"{', ' + reason[:REASON_LIMIT] if reason else ''}); check client_id, client_secret and "
+                    "that the service principal may use this workspace"
+                )
+            self._raise_for(response, where)
+            document = small_object(response, where)
+        found = answer.token(document, where)
+        logger.info(
+            "logged in to databricks (OAuth M2M)",
+            extra={"connection": self.connection_name, "expires_in": found.expires_in},
+        )
+        return found
+
+    @staticmethod
+    def _envelope(body: bytes) -> Envelope:
+        return answer.envelope(body)
+
+    def _classify(self, error: ErrorAnswer) -> QueryRelayError | None:
+        return answer.classify(error)
