@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +49,30 @@ def landed_rows(stack: LocalStack, manifest: dict[str, Any], native_rows: Native
         assert len(part) == entry["rows"]
         rows.extend(part)
     return rows
+
+
+def failed_events(stack: LocalStack) -> list[dict[str, Any]]:
+    return [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+
+
+def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as JSON writes them (README "Values in JSON"): NaN and the infinities are null."""
+    return [
+        {
+            name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in row.items()
+        }
+        for row in rows
+    ]
+
+
+def csv_text(value: Any) -> str:
+    """A value as a CSV field holds it (README "Values in JSON"): empty for null, booleans and
+    nested values as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)

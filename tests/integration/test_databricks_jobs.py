@@ -12,7 +12,6 @@ and a PAT) and ``databricks_stack`` (a started ``LocalStack`` with the connectio
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from query_relay_local.emulators.databricks import WAREHOUSE_ID, DatabricksEmula
 from query_relay_local.stack import LocalStack
 
 from ..conformance.harness_databricks import as_landed
-from .landed import landed_manifest, landed_rows, state_count
+from .landed import as_json, csv_text, failed_events, landed_manifest, landed_rows, state_count
 
 DATABRICKS_CONNECTION = "databricks-local"
 CLIENT_ID, CLIENT_SECRET = "relay-service-principal", "integration-sp-secret-5c7e9a21"
@@ -76,34 +75,9 @@ def expected_rows(statement: str) -> list[dict[str, Any]]:
     ]
 
 
-def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as JSON writes them (README "Values in JSON"): NaN and the infinities are null."""
-    return [
-        {
-            name: None if isinstance(value, float) and not math.isfinite(value) else value
-            for name, value in row.items()
-        }
-        for row in rows
-    ]
-
-
 def native_rows(text: str) -> list[dict[str, Any]]:
     """A native object holds each chunk's JSON array as downloaded, one a line: rows of text."""
     return [{"n": row[0]} for line in text.splitlines() for row in json.loads(line)]
-
-
-def csv_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
-def failed_events(stack: LocalStack) -> list[dict[str, Any]]:
-    return [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
 
 
 def storage_requests(emulator: DatabricksEmulator) -> list[Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from query_relay_local.emulators.snowflake import SnowflakeEmulator
 from query_relay_local.stack import LocalStack
 
 from ..conformance.harness_snowflake import as_landed, private_key, private_key_pem, public_key_pem
-from .landed import landed_manifest, landed_rows, state_count
+from .landed import as_json, csv_text, failed_events, landed_manifest, landed_rows, state_count
 
 SNOWFLAKE_CONNECTION = "snowflake-local"
 ACCOUNT, USER = "integration", "relay_loader"
@@ -80,36 +79,11 @@ def expected_rows(statement: str) -> list[dict[str, Any]]:
     ]
 
 
-def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows as JSON writes them (README "Values in JSON"): NaN and the infinities are null."""
-    return [
-        {
-            name: None if isinstance(value, float) and not math.isfinite(value) else value
-            for name, value in row.items()
-        }
-        for row in rows
-    ]
-
-
 def native_rows(text: str) -> list[dict[str, Any]]:
     """A native object holds each partition's JSON on its own line: rows as Snowflake's text values."""
     documents = [json.loads(line) for line in text.splitlines()]
     names = [column["name"] for column in documents[0]["resultSetMetaData"]["rowType"]]
     return [dict(zip(names, row, strict=True)) for document in documents for row in document["data"]]
-
-
-def csv_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
-def failed_events(stack: LocalStack) -> list[dict[str, Any]]:
-    return [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from query_relay_local.emulators.veza_data import select_nodes
 from query_relay_local.stack import LocalStack
 
 from ..conformance.harness_veza import node_as_row
-from .landed import landed_manifest, landed_rows, state_count
+from .landed import csv_text, failed_events, landed_manifest, landed_rows, state_count
 
 VEZA_CONNECTION = "veza-local"
 # A test value, distinctive so that it can be looked for in logs, events and outputs.
@@ -110,20 +110,7 @@ def rows_of(stack: LocalStack, manifest: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def as_csv_strings(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    def text(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, list | dict):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return str(value)
-
-    return [{name: text(value) for name, value in row.items()} for row in rows]
-
-
-def failed_events(stack: LocalStack) -> list[dict[str, Any]]:
-    return [event["detail"] for event in stack.events() if event["detail-type"] == "Query Failed"]
+    return [{name: csv_text(value) for name, value in row.items()} for row in rows]
 
 
 # --- results -------------------------------------------------------------------------------------

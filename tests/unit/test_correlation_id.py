@@ -109,6 +109,7 @@ class FakeProvider:
 
     long_polls = False
     can_cancel = True
+    max_check_gap_seconds = None
 
     @contextmanager
     def submit(self, query: Any, options: Any) -> Iterator[Submission]:
