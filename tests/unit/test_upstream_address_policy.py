@@ -151,6 +151,20 @@ def test_a_host_resolving_to_any_forbidden_address_is_refused_before_anything_is
     assert seen == []
 
 
+def test_a_link_to_another_host_is_held_to_the_policy_and_named_as_a_link() -> None:
+    # Given a public base_url, and a link an answer pointed to whose host resolves to the metadata address
+    asked, resolve = resolver_of(["169.254.169.254"])
+    client = build_client(connection(), policy=PUBLIC_POLICY, resolver=resolve)
+    # When the link is fetched, then it is refused, naming the link's host, not base_url's
+    with client, pytest.raises(InvalidConnection) as raised:
+        client.get("https://storage.example.net/chunk-0")
+    message = str(raised.value)
+    assert "host 'storage.example.net' (a link the upstream's answer pointed to, not base_url)" in message
+    assert "base_url host" not in message
+    assert "link-local" in message
+    assert asked == ["storage.example.net"]
+
+
 @pytest.mark.parametrize("literal", ["https://169.254.169.254", "https://[::1]:9200", "https://10.0.0.1"])
 def test_a_literal_forbidden_ip_in_the_base_url_is_refused_without_resolving(literal: str) -> None:
     asked, resolve = resolver_of([PUBLIC_V4])

@@ -103,9 +103,13 @@ class AddressCheckingTransport(httpx.BaseTransport):
         connection_name: str,
         allow_private_network: bool,
         resolver: Resolver,
+        base_host: str | None = None,
     ) -> None:
         self._inner = inner
         self._connection_name = connection_name
+        # The host of the connection's base_url: a refusal of another host (a link the upstream's
+        # answer pointed to, such as a result chunk on cloud storage) says so instead.
+        self._base_host = base_host
         self._allow_private_network = allow_private_network
         self._resolver = resolver
 
@@ -127,8 +131,13 @@ class AddressCheckingTransport(httpx.BaseTransport):
         for address in addresses:
             reason = forbidden_address_reason(address, allow_private_network=self._allow_private_network)
             if reason is not None:
+                which = (
+                    f"base_url host {host!r}"
+                    if self._base_host is None or host == self._base_host
+                    else f"host {host!r} (a link the upstream's answer pointed to, not base_url)"
+                )
                 raise InvalidConnection(
-                    f"connection {self._connection_name!r} is invalid: base_url host {host!r} resolves "
+                    f"connection {self._connection_name!r} is invalid: {which} resolves "
                     f"to {address}, a forbidden upstream address ({reason})"
                 )
         return addresses[0]

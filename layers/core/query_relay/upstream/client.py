@@ -67,6 +67,7 @@ def build_client(
             connection_name=connection_name,
             allow_private_network=connection.allow_private_network,
             resolver=resolver or socket.getaddrinfo,
+            base_host=httpx.URL(connection.base_url).host,
         )
     return httpx.Client(
         base_url=connection.base_url,
