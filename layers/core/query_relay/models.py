@@ -126,8 +126,8 @@ class ClientCredentialsAuth(StrictModel):
 
 
 class KeyPairAuth(StrictModel):
-    """Snowflake key-pair authentication: the user's RSA private key (PEM, PKCS#8, encrypted with
-    ``private_key_passphrase`` or not) signs the JWTs the requests carry."""
+    """Snowflake key-pair authentication: the user's RSA private key (PEM, PKCS#8 or PKCS#1,
+    encrypted with ``private_key_passphrase`` or not) signs the JWTs the requests carry."""
 
     type: Literal["key_pair"]
     account: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
