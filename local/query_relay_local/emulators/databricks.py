@@ -81,7 +81,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -91,7 +91,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from . import warehouse
-from .http import EmulatorServer, InjectedFault, control_body
+from .http import EmulatorServer, InjectedFault, url_host
 from .warehouse import SqlError, WColumn
 
 if TYPE_CHECKING:
@@ -645,7 +645,7 @@ class DatabricksEmulator(EmulatorServer):
         if self._storage is None:
             raise RuntimeError("DatabricksEmulator is not running; call start() first")
         host, port = self._storage[0].server_address[:2]
-        return f"http://{_url_host(str(host))}:{port}"
+        return f"http://{url_host(str(host))}:{port}"
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         base_url = super().start(host, port)
@@ -929,7 +929,7 @@ class DatabricksEmulator(EmulatorServer):
         with self._lock:
             self._links[token] = _Link(statement_id, chunk.index, time.monotonic(), headers)
         # the host the client reached the API by, on the storage port: another origin
-        host = _url_host(urlsplit(request.host_url).hostname or "127.0.0.1")
+        host = url_host(urlsplit(request.host_url).hostname or "127.0.0.1")
         port = urlsplit(self.link_base_url).port
         expiration = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
         link: dict[str, Any] = {
@@ -1073,33 +1073,14 @@ class DatabricksEmulator(EmulatorServer):
     # -- control API (tests) --
 
     def _control(self, request: Request) -> Response:
-        route = (request.method, request.path[len(self.control_prefix) :].rstrip("/"))
-        try:
-            if route == ("GET", "config"):
-                return self._json(asdict(self.config))
-            if route == ("POST", "config"):
-                _update_config(self.config, control_body(request))
-                return self._json(asdict(self.config))
-            if route == ("GET", "faults"):
-                return self._json(self.faults.pending())
-            if route == ("POST", "faults"):
-                self.faults.arm_from_json(control_body(request))
-                return self._json(self.faults.pending())
-            if route == ("DELETE", "faults"):
-                self.faults.clear()
-                return self._json([])
-            if route == ("GET", "statements"):
-                return self._json(self.statement_states())
-            if route == ("GET", "tokens"):
-                return self._json({"token_requests": self.token_requests})
-            if route == ("GET", "requests"):
-                return self._json([entry._asdict() for entry in self.requests])
-            if route == ("DELETE", "requests"):
-                self.clear_requests()
-                return self._json([])
-        except (TypeError, ValueError) as error:
-            return self._json({"error": str(error)}, status=400)
-        return self._json({"error": f"no control route {request.method} {request.path}"}, status=404)
+        return self.control(
+            request,
+            self.config,
+            {
+                ("GET", "statements"): self.statement_states,
+                ("GET", "tokens"): lambda: {"token_requests": self.token_requests},
+            },
+        )
 
 
 def _manifest(result: _Result) -> dict[str, Any]:
@@ -1153,30 +1134,6 @@ def _s3_fault(status: int, retry_after: float | None) -> Response:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _update_config(config: DatabricksEmulatorConfig, changes: dict[str, Any]) -> None:
-    kinds = {item.name: str(item.type) for item in fields(config)}
-    unknown = sorted(set(changes) - set(kinds))
-    if unknown:
-        raise ValueError(f"unknown config field [{unknown[0]}]; known: {sorted(kinds)}")
-    for name, value in changes.items():
-        kind = kinds[name]
-        if value is None and "None" in kind:
-            setattr(config, name, None)
-        elif kind.startswith(("bool", "dict")):
-            expected = bool if kind.startswith("bool") else dict
-            if not isinstance(value, expected):
-                raise ValueError(f"{name} takes a {expected.__name__}")
-            setattr(
-                config, name, {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
-            )
-        else:
-            setattr(config, name, int(value) if kind.startswith("int") else float(value))
 
 
 def serve_forever(host: str, port: int, **kwargs: Any) -> None:

@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
@@ -355,10 +355,57 @@ class EmulatorServer(abc.ABC):
         with self._requests_lock:
             self.requests.clear()
 
+    def control(
+        self,
+        request: Request,
+        config: Any,
+        routes: Mapping[tuple[str, str], Callable[[], object]] | None = None,
+        *,
+        update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Response:
+        """Answer the control API (``/_emulator/...``) every emulator shares: ``config`` (a dataclass;
+        GET it, POST changes: ``update``, by default ``update_config``), ``faults`` (GET, POST to
+        arm, DELETE) and ``requests`` (GET, DELETE), plus the emulator's own ``routes``
+        ((method, name) -> the JSON answer). A refused change is 400, an unknown route 404."""
+        route = (request.method, request.path[len(self.control_prefix) :].rstrip("/"))
+
+        def changed() -> object:
+            (update or (lambda changes: update_config(config, changes)))(control_body(request))
+            return asdict(config)
+
+        def armed() -> object:
+            self.faults.arm_from_json(control_body(request))
+            return self.faults.pending()
+
+        def cleared(clear: Callable[[], None]) -> Callable[[], object]:
+            def answer() -> object:
+                clear()
+                return []
+
+            return answer
+
+        answers: dict[tuple[str, str], Callable[[], object]] = {
+            ("GET", "config"): lambda: asdict(config),
+            ("POST", "config"): changed,
+            ("GET", "faults"): self.faults.pending,
+            ("POST", "faults"): armed,
+            ("DELETE", "faults"): cleared(self.faults.clear),
+            ("GET", "requests"): lambda: [entry._asdict() for entry in self.requests],
+            ("DELETE", "requests"): cleared(self.clear_requests),
+            **(routes or {}),
+        }
+        answer = answers.get(route)
+        if answer is None:
+            return control_json({"error": f"no control route {request.method} {request.path}"}, 404)
+        try:
+            return control_json(answer())
+        except (TypeError, ValueError) as error:
+            return control_json({"error": str(error)}, 400)
+
     def _make_server(self, host: str, port: int) -> BaseWSGIServer:
         server = make_server(host, port, self._wsgi_app, threaded=True, request_handler=_QuietRequestHandler)
         bound_host, bound_port = server.server_address[:2]
-        self._base_url = f"http://{_url_host(str(bound_host))}:{bound_port}"
+        self._base_url = f"http://{url_host(str(bound_host))}:{bound_port}"
         return server
 
     def _wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -380,7 +427,8 @@ class EmulatorServer(abc.ABC):
         return response(environ, start_response)
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """A host as a URL writes it (an IPv6 address in brackets)."""
     return f"[{host}]" if ":" in host else host
 
 
@@ -464,6 +512,37 @@ def _truncated(body: Iterable[bytes], fault: InjectedFault, environ: WSGIEnviron
             close()
     _drop_connection(environ)
     raise ConnectionResetError(f"emulated fault: body cut after {sent} bytes")
+
+
+def control_json(body: object, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def update_config(config: Any, changes: Mapping[str, Any]) -> None:
+    """Set fields of an emulator's dataclass ``config`` from a control request's JSON object. An
+    unknown name is refused with the known ones; a value takes its field's kind: None where the
+    field allows it, a bool or a dict (of strings) exactly, an int, str or float converted."""
+    kinds = {item.name: str(item.type) for item in fields(config)}
+    unknown = sorted(set(changes) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown config field [{unknown[0]}]; known: {sorted(kinds)}")
+    for name, value in changes.items():
+        kind = kinds[name]
+        if value is None and "None" in kind:
+            setattr(config, name, None)
+        elif kind.startswith(("bool", "dict")):
+            expected = bool if kind.startswith("bool") else dict
+            if not isinstance(value, expected):
+                raise ValueError(f"{name} takes {'true or false' if expected is bool else 'an object'}")
+            setattr(
+                config, name, {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+            )
+        elif kind.startswith("int"):
+            setattr(config, name, int(value))
+        elif kind.startswith("str"):
+            setattr(config, name, str(value))
+        else:
+            setattr(config, name, float(value))
 
 
 def control_body(request: Request) -> dict[str, Any]:

@@ -107,7 +107,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -117,7 +117,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from werkzeug.wrappers import Request, Response
 
-from .http import EmulatorServer, control_body
+from .http import EmulatorServer, update_config
 from .warehouse import NUMBERS_ROWS, SqlError, WColumn, WResult, execute
 
 logger = logging.getLogger(__name__)
@@ -869,55 +869,21 @@ class SnowflakeEmulator(EmulatorServer):
     # -- control API (tests) --
 
     def _control(self, request: Request) -> Response:
-        route = (request.method, request.path[len(self.control_prefix) :].rstrip("/"))
-        try:
-            if route == ("GET", "config"):
-                return self._json(asdict(self.config))
-            if route == ("POST", "config"):
-                self._update_config(control_body(request))
-                return self._json(asdict(self.config))
-            if route == ("GET", "faults"):
-                return self._json(self.faults.pending())
-            if route == ("POST", "faults"):
-                self.faults.arm_from_json(control_body(request))
-                return self._json(self.faults.pending())
-            if route == ("DELETE", "faults"):
-                self.faults.clear()
-                return self._json([])
-            if route == ("GET", "statements"):
-                return self._json({"states": self.statement_states(), "started": self.statements_started})
-            if route == ("GET", "requests"):
-                return self._json([entry._asdict() for entry in self.requests])
-            if route == ("DELETE", "requests"):
-                self.clear_requests()
-                return self._json([])
-        except (TypeError, ValueError) as error:
-            return self._json({"error": str(error)}, status=400)
-        return self._json({"error": f"no control route {request.method} {request.path}"}, status=404)
+        states = {
+            ("GET", "statements"): lambda: {
+                "states": self.statement_states(),
+                "started": self.statements_started,
+            }
+        }
+        return self.control(request, self.config, states, update=self._update_config)
 
     def _update_config(self, changes: dict[str, Any]) -> None:
-        kinds = {item.name: str(item.type) for item in fields(self.config)}
-        unknown = sorted(set(changes) - set(kinds))
-        if unknown:
-            raise ValueError(f"unknown config field [{unknown[0]}]; known: {sorted(kinds)}")
+        """The shared rules (emulators.http.update_config), and the choices some fields allow."""
         if changes.get("gzip_partitions", "accepted") not in _GZIP_CHOICES:
             raise ValueError(f"gzip_partitions is one of {list(_GZIP_CHOICES)}")
         if changes.get("partition_out_of_range_status", 400) not in (400, 422):
             raise ValueError("partition_out_of_range_status is 400 or 422")
-        for name, value in changes.items():
-            kind = kinds[name]
-            if value is None and "None" in kind:
-                setattr(self.config, name, None)
-            elif kind.startswith("bool"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{name} takes true or false")
-                setattr(self.config, name, value)
-            elif kind.startswith("int"):
-                setattr(self.config, name, int(value))
-            elif kind.startswith("str"):
-                setattr(self.config, name, str(value))
-            else:
-                setattr(self.config, name, float(value))
+        update_config(self.config, changes)
 
 
 def _timeout(raw: Any) -> int:

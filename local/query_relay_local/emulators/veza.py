@@ -58,12 +58,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from .http import EmulatorServer, control_body
+from .http import EmulatorServer
 from .veza_data import SpecError, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -478,51 +478,7 @@ class VezaEmulator(EmulatorServer):
     # -- control API (tests) --
 
     def _control(self, request: Request) -> Response:
-        route = (request.method, request.path[len(self.control_prefix) :].rstrip("/"))
-        try:
-            if route == ("GET", "config"):
-                return self._json(asdict(self.config))
-            if route == ("POST", "config"):
-                self._update_config(control_body(request))
-                return self._json(asdict(self.config))
-            if route == ("GET", "faults"):
-                return self._json(self.faults.pending())
-            if route == ("POST", "faults"):
-                self.faults.arm_from_json(control_body(request))
-                return self._json(self.faults.pending())
-            if route == ("DELETE", "faults"):
-                self.faults.clear()
-                return self._json([])
-            if route == ("GET", "tasks"):
-                return self._json(self.task_states())
-            if route == ("GET", "requests"):
-                return self._json([entry._asdict() for entry in self.requests])
-            if route == ("DELETE", "requests"):
-                self.clear_requests()
-                return self._json([])
-        except (TypeError, ValueError) as error:
-            return self._json({"error": str(error)}, status=400)
-        return self._json({"error": f"no control route {request.method} {request.path}"}, status=404)
-
-    def _update_config(self, changes: dict[str, Any]) -> None:
-        kinds = {item.name: item.type for item in fields(self.config)}
-        unknown = sorted(set(changes) - set(kinds))
-        if unknown:
-            raise ValueError(f"unknown config field [{unknown[0]}]; known: {sorted(kinds)}")
-        for name, value in changes.items():
-            kind = str(kinds[name])
-            if value is None and "None" in kind:
-                setattr(self.config, name, None)
-            elif kind.startswith("bool"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{name} takes true or false")
-                setattr(self.config, name, value)
-            elif kind.startswith("int"):
-                setattr(self.config, name, int(value))
-            elif kind.startswith("str"):
-                setattr(self.config, name, str(value))
-            else:
-                setattr(self.config, name, float(value))
+        return self.control(request, self.config, {("GET", "tasks"): self.task_states})
 
 
 def _without_defaults(value: dict[str, Any]) -> dict[str, Any]:

@@ -234,7 +234,9 @@ def _connection_secrets(connection: Connection) -> list[str]:
     if isinstance(auth, KeyPairAuth):
         passphrase = auth.private_key_passphrase
         return [auth.private_key.get_secret_value(), *([passphrase.get_secret_value()] if passphrase else [])]
-    return [auth.client_secret.get_secret_value()]
+    # Client credentials may travel as HTTP Basic (an OAuth token endpoint): that pair is a form too.
+    secret = auth.client_secret.get_secret_value()
+    return [secret, base64.b64encode(f"{auth.client_id}:{secret}".encode()).decode("ascii")]
 
 
 _ALIVE: weakref.WeakSet[Secrets] = weakref.WeakSet()

@@ -19,9 +19,8 @@ the client id and secret as HTTP Basic, the token cached per host, client and se
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from query_relay.exceptions import (
     UpstreamTaskExpired,
     UpstreamUnavailable,
 )
-from query_relay.models import BearerAuth, ClientCredentialsAuth, Connection, OutputFormat
+from query_relay.models import BearerAuth, ClientCredentialsAuth, OutputFormat
 from query_relay.observability import logger
 from query_relay.providers import base
 from query_relay.providers.databricks import answer
@@ -69,21 +68,6 @@ class DatabricksState(base.ProviderState):
     allow_partial: bool = False
 
 
-class ClientCredentialsTokenAuth(TokenAuth):
-    """OAuth M2M access tokens; the HTTP Basic pair the login sends is a secret too (a token
-    endpoint may echo the header it was sent)."""
-
-    def __init__(self, connection: Connection, login: Callable[[], Token]) -> None:
-        super().__init__(token_key(connection), login)
-        auth = connection.auth
-        assert isinstance(auth, ClientCredentialsAuth)
-        pair = f"{auth.client_id}:{auth.client_secret.get_secret_value()}".encode()
-        self._basic_pair = base64.b64encode(pair).decode("ascii")
-
-    def secrets(self) -> list[str]:
-        return [*super().secrets(), self._basic_pair]
-
-
 @dataclass
 class _Tally:
     chunks: int = 0
@@ -111,7 +95,7 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
 
     def _auth(self) -> httpx.Auth | None:
         if isinstance(self.connection.auth, ClientCredentialsAuth):
-            return ClientCredentialsTokenAuth(self.connection, self._login)
+            return TokenAuth(token_key(self.connection), self._login)
         return None  # bearer: the token as it is
 
     # - submit -
