@@ -118,5 +118,8 @@ class DatabricksHarness(ProviderHarness):
             emulator.config.chunk_rows = 5  # so that Fetch asks for chunks beyond the first
         emulator.fail_next(self._steps[step], status, times=times, retry_after=retry_after)
 
+    def split_results(self, emulator: Any, rows: int) -> None:
+        emulator.config.chunk_rows = rows
+
     def task_state(self, emulator: DatabricksEmulator, upstream_id: str) -> str | None:
         return emulator.statement_states().get(upstream_id)

@@ -145,5 +145,8 @@ class SnowflakeHarness(ProviderHarness):
             emulator.config.partition_rows = 5  # so that Fetch asks for later partitions
         emulator.fail_next(self._steps[step], status, times=times, retry_after=retry_after)
 
+    def split_results(self, emulator: Any, rows: int) -> None:
+        emulator.config.partition_rows = rows
+
     def task_state(self, emulator: SnowflakeEmulator, upstream_id: str) -> str | None:
         return emulator.statement_states().get(upstream_id)

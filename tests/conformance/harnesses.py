@@ -52,6 +52,10 @@ class ProviderHarness(abc.ABC):
     @abc.abstractmethod
     def task_state(self, emulator: Any, upstream_id: str) -> str | None: ...
 
+    def split_results(self, emulator: Any, rows: int) -> None:
+        """Make the emulator split results into pieces of ``rows`` rows (upstreams that split them)."""
+        raise NotImplementedError(f"{self.provider} results are not split")
+
     def __repr__(self) -> str:
         return self.provider
 

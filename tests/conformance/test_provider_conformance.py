@@ -14,6 +14,7 @@ from moto.server import ThreadedMotoServer
 from query_relay import results
 from query_relay.exceptions import (
     UpstreamAuthFailed,
+    UpstreamProtocolError,
     UpstreamQueryFailed,
     UpstreamRateLimited,
     UpstreamTaskExpired,
@@ -107,6 +108,49 @@ def test_submit_poll_fetch_gives_the_upstream_rows(
     # Then the rows are exactly the upstream's (native: the same number of rows)
     assert got == (len(expected) if isinstance(got, int) else expected)
     assert len(expected) >= 2
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "native"])
+def test_a_split_result_read_a_range_of_pieces_at_a_time_is_the_whole_result(
+    harness: ProviderHarness, emulator: Any, output_format: str
+) -> None:
+    provider = provider_for(harness, emulator)
+    if not provider.splits_results:
+        # An upstream that does not split results reads them in one Fetch: no pieces, no ranges
+        assert provider.pieces(harness.unknown_task_id, {}) is None
+        with pytest.raises(TypeError), provider.fetch(harness.unknown_task_id, {}, "jsonl", pieces=range(1)):
+            pass
+        return
+    # Given a finished result split into pieces of 2 rows
+    harness.split_results(emulator, 2)
+    expected = harness.expected_rows(emulator)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
+    state = poll_until_finished(provider, upstream_id, state)
+    # When its pieces are counted, and read as three ranges (the first, the middle, the last)
+    pieces = provider.pieces(upstream_id, state)
+    assert pieces is not None
+    count = len(pieces)
+    assert count >= 3
+    assert sum(piece.rows or 0 for piece in pieces) == len(expected)
+    ranges = [range(1), range(1, count - 1), range(count - 1, count)]
+    read: list[Any] = []
+    for wanted in ranges:
+        with provider.fetch(upstream_id, state, output_format, pieces=wanted) as result:  # type: ignore[arg-type]
+            got = rows_of(result)
+        held = sum(piece.rows or 0 for piece in pieces[wanted.start : wanted.stop])
+        assert (got if isinstance(got, int) else len(got)) == held  # each range holds its pieces' rows
+        read.append(got)
+    # Then the ranges hold the whole result, in order
+    if output_format == "native":
+        assert sum(read) == len(expected)
+    else:
+        assert [row for rows in read for row in rows] == expected
+    # and a range beyond the result's pieces is refused
+    with (
+        pytest.raises(UpstreamProtocolError),
+        provider.fetch(upstream_id, state, "jsonl", pieces=range(count - 1, count + 1)),
+    ):
+        pass
 
 
 def test_a_quick_query_finishes_inside_the_submit_wait(harness: ProviderHarness, emulator: Any) -> None:

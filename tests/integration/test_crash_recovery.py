@@ -48,14 +48,19 @@ class CrashOnce:
         self.crashed_under: list[str] = []
 
     def __call__(
-        self, spec: JobSpec, job: JobState, result: FetchedResult, budget: workflow.FetchBudget | None = None
+        self,
+        spec: JobSpec,
+        job: JobState,
+        result: FetchedResult,
+        budget: workflow.FetchBudget | None = None,
+        **keywords: Any,
     ) -> ResultPointer | None:
         if not self.crashed_under:
             assert isinstance(result, TabularResult)
             prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
             self.crashed_under.append(prefix)
             result.rows = self._dying(result.rows, prefix)
-        return self._land(spec, job, result, budget)
+        return self._land(spec, job, result, budget, **keywords)
 
     def _dying(self, rows: Iterator[Sequence[Any]], prefix: str) -> Iterator[Sequence[Any]]:
         for number, row in enumerate(rows):

@@ -176,10 +176,20 @@ def test_the_execution_times_out_only_after_the_longest_job_could_have_polled_an
     assert definition["TimeoutSeconds"] >= longest_job + fetch_timeout
 
 
+def _catches_all(state: dict[str, Any]) -> bool:
+    return any("States.ALL" in rule["ErrorEquals"] for rule in state.get("Catch", []))
+
+
 def test_every_task_that_can_fail_is_caught(definition: dict[str, Any]) -> None:
-    for name, state in all_states(definition):
+    for name, state in definition["States"].items():
         if state["Type"] == "Task":
-            assert any("States.ALL" in rule["ErrorEquals"] for rule in state.get("Catch", [])), name
+            assert _catches_all(state), name
+        if state["Type"] == "Map":
+            # A branch's task fails its iteration, and so the Map, which must catch it (and stop
+            # the other iterations): a Catch inside would keep a failed branch from failing the job.
+            assert _catches_all(state), name
+            for inner, nested in all_states(state["ItemProcessor"]):
+                assert "Catch" not in nested, inner
 
 
 def test_a_landed_result_whose_event_cannot_be_sent_still_succeeds(definition: dict[str, Any]) -> None:

@@ -110,6 +110,7 @@ class FakeProvider:
     long_polls = False
     can_cancel = True
     max_check_gap_seconds = None
+    splits_results = False
 
     @contextmanager
     def submit(self, query: Any, options: Any) -> Iterator[Submission]:

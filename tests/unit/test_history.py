@@ -9,9 +9,10 @@ import pytest
 from query_relay.history import (
     EVENTS_BEFORE_FIRST_WAIT,
     EVENTS_PER_ROUND,
-    EVENTS_TO_FINISH,
     HISTORY_EVENT_LIMIT,
     continuation_name,
+    events_to_finish,
+    fetch_branches_allowed,
     is_continuation,
     rounds_per_execution,
     should_continue,
@@ -27,14 +28,19 @@ EXECUTION_NAME = re.compile(r"^[^\s<>{}\[\]?*\"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f]
 def test_an_execution_stops_before_its_budget_leaving_room_for_retries_and_the_end(limit: int) -> None:
     rounds = rounds_per_execution(limit)
     assert rounds >= 1
-    worst = EVENTS_BEFORE_FIRST_WAIT + rounds * EVENTS_PER_ROUND + EVENTS_TO_FINISH
+    worst = EVENTS_BEFORE_FIRST_WAIT + rounds * EVENTS_PER_ROUND + events_to_finish(limit)
     assert worst <= 0.9 * limit  # a tenth of the limit stays free for retried tasks
     assert not should_continue(rounds - 1, limit)
     assert should_continue(rounds, limit)
 
 
 def test_the_default_limit_runs_thousands_of_rounds_per_execution() -> None:
-    assert rounds_per_execution() == 2487
+    assert rounds_per_execution() == 2365  # 122 fewer than before parallel fetch: the Map's room
+
+
+@pytest.mark.parametrize(("limit", "branches"), [(200, 2), (1_000, 4), (HISTORY_EVENT_LIMIT, 100)])
+def test_a_parallel_fetch_keeps_to_the_branches_its_execution_has_room_for(limit: int, branches: int) -> None:
+    assert fetch_branches_allowed(limit) == branches
 
 
 @pytest.mark.parametrize("job_id", ["a", "nightly-2026-11-25T010000Z", "x" * 76, "y" * 77, "z" * 80])

@@ -73,3 +73,13 @@ def claim_cleanup(table: str | None, execution_arn: str, claim: Claim) -> Claim:
             cause=held.get("cause", {}).get("S", ""),
         )
     return claim
+
+
+def cleanup_claimed(table: str | None, execution_arn: str | None) -> bool:
+    """Whether someone has claimed the cleanup of this execution: it is failing or being
+    cancelled, and what a step lands from now on must not stay (a strongly consistent read, so a
+    claim taken before an object was written is seen after it)."""
+    if table is None or execution_arn is None:
+        return False
+    found = aws.dynamodb().get_item(TableName=table, Key=_key(execution_arn), ConsistentRead=True)
+    return "Item" in found

@@ -9,7 +9,8 @@ job's state (``ContinueAsNew``) and the old one ends in SUCCEEDED with the outpu
 ``{"job_id", "status": "CONTINUED", "continued_as": <new execution ARN>}``.
 
 The budget keeps a tenth of the limit free for retries (each retried task adds three events),
-plus what finishing needs (Fetch with its retries, the event, the end states, or Cleanup).
+plus what finishing needs (Fetch with its retries, or a parallel fetch's Map of at most
+``fetch_branches_allowed`` branches; the event, the end states, or Cleanup).
 
 Continuations are named ``<job_id>.<n>``: '.' is allowed in execution names but never in job ids,
 so no job can take a continuation's name. Names are 80 characters at most: a job id too long for
@@ -22,6 +23,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from query_relay.parallel import MAX_FETCH_BRANCHES
+
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions import SFNClient
     from mypy_boto3_stepfunctions.type_defs import DescribeExecutionOutputTypeDef
@@ -30,15 +33,31 @@ HISTORY_EVENT_LIMIT = 25_000  # Step Functions Standard
 EVENTS_BEFORE_FIRST_WAIT = 12  # started, Route, Prepare, Submit (5), AfterSubmit
 EVENTS_PER_ROUND = 9  # Wait (2) + Poll task (5) + Choice (2)
 EVENTS_TO_FINISH = 100  # Fetch and its retries, PublishReady, end states; or Cleanup and its event
+# A parallel fetch's Map writes about this many events a branch (MapIterationStarted/Succeeded,
+# the branch's Fetch task (5), its Choice (2), the Pass that ends it (2)); its branches may take
+# this share of the limit (all of MAX_FETCH_BRANCHES under the default limit).
+EVENTS_PER_FETCH_BRANCH = 11
+FETCH_BRANCH_SHARE = 0.05
 RETRY_SHARE = 0.1  # of the limit, left for retried tasks (three events per retry)
 CONTINUED = "CONTINUED"
 MAX_EXECUTION_NAME = 80
 MAX_CHAIN = 10_000  # a guard against a loop in a broken chain, far past any real job
 
 
+def fetch_branches_allowed(limit: int = HISTORY_EVENT_LIMIT) -> int:
+    """The most branches a parallel fetch may have in an execution of this history limit."""
+    share = int(limit * FETCH_BRANCH_SHARE) // EVENTS_PER_FETCH_BRANCH
+    return max(2, min(MAX_FETCH_BRANCHES, share))
+
+
+def events_to_finish(limit: int = HISTORY_EVENT_LIMIT) -> int:
+    """What finishing a job may write: Fetch, or the largest parallel fetch, and the end."""
+    return EVENTS_TO_FINISH + fetch_branches_allowed(limit) * EVENTS_PER_FETCH_BRANCH
+
+
 def should_continue(rounds_done: int, limit: int = HISTORY_EVENT_LIMIT) -> bool:
     """Whether one more round after ``rounds_done`` would leave too little of this execution's budget."""
-    budget = limit * (1 - RETRY_SHARE) - EVENTS_BEFORE_FIRST_WAIT - EVENTS_TO_FINISH
+    budget = limit * (1 - RETRY_SHARE) - EVENTS_BEFORE_FIRST_WAIT - events_to_finish(limit)
     return (rounds_done + 1) * EVENTS_PER_ROUND > budget
 
 

@@ -146,6 +146,9 @@ class Connection(StrictModel):
     base_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     auth: Auth
     max_concurrent: int | None = Field(default=None, ge=1)
+    # How many Fetch invocations at once may read a result its upstream splits (Snowflake
+    # partitions, Databricks chunks); 1 reads every result in one Fetch. At most 40 (an Inline Map's).
+    max_parallel_fetch: int = Field(default=8, ge=1, le=40)
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     verify_tls: bool = True
     # Lets base_url resolve to a private network (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7),

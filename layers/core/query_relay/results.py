@@ -14,7 +14,9 @@ when compressed), so consumers can check the manifest's sha256 against the objec
 from __future__ import annotations
 
 import base64
+import contextvars
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from pydantic import BaseModel, ConfigDict
 
 from query_relay.exceptions import UpstreamProtocolError
 from query_relay.models import Column, Manifest, NativeUpload, ObjectEntry, OutputSpec
@@ -91,6 +94,21 @@ class WrittenResult:
     upload: NativeUpload | None = None  # a native object's upload, when not finished
 
 
+class BranchLanded(BaseModel):
+    """What one branch of a parallel fetch landed: its pieces' parts, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branch: int
+    objects: list[ObjectEntry]
+    columns: list[Column]
+    partial: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(entry.rows for entry in self.objects)
+
+
 @dataclass(frozen=True)
 class Landed:
     """The parts an earlier Fetch of the same result landed (whole, in order) and the rows they hold:
@@ -141,28 +159,53 @@ class ResultWriter:
         *,
         landed: Landed | None = None,
         stop: Callable[[], bool] | None = None,
+        branch: int | None = None,
     ) -> WrittenResult:
         """Write ``result`` as parts under ``prefix``, replacing whatever an earlier run left there,
         or, given what an earlier Fetch ``landed``, going on after it. After each whole part of rows
         that is not the last, ``stop()`` may end the write early (``finished`` False): the next
         Fetch goes on from the parts written so far.
 
+        A ``branch`` of a parallel fetch writes its own parts, ``part-<branch>-<n>``, and touches
+        nothing else under ``prefix``: neither the manifest, nor other branches' parts and uploads
+        (``split`` and ``finish_split`` deal with those).
+
         A ``NativeResult`` is stored as the upstream's bytes in one object whatever the format asks
         (the provider chose those bytes for it); rows cannot become native bytes. Its object is one
         multipart upload that ``stop()`` may leave unfinished after any of its chunks (``upload``
         says which), and that the next Fetch finishes, given that upload in ``landed``.
         """
-        if landed is None:
+        # Read in a copy of this thread's context, whichever thread reads (see _InContext).
+        context = contextvars.copy_context()
+        if isinstance(result, NativeResult):
+            result = dataclasses.replace(result, chunks=_InContext(result.chunks, context))
+        else:
+            result = dataclasses.replace(result, rows=_InContext(result.rows, context))
+        return self._write(prefix, result, output, landed=landed, stop=stop, branch=branch)
+
+    def _write(
+        self,
+        prefix: str,
+        result: FetchedResult,
+        output: OutputSpec,
+        *,
+        landed: Landed | None,
+        stop: Callable[[], bool] | None,
+        branch: int | None,
+    ) -> WrittenResult:
+        if landed is None and branch is None:
             # A consumer must never find a manifest next to parts that are being rewritten.
             self._s3.delete_object(Bucket=self._bucket, Key=prefix + MANIFEST_NAME)
         going_on = None if landed is None else landed.upload
         # An earlier attempt killed mid-upload (a crash, a timeout) ran no abort: its parts' multipart
         # uploads would hold storage until the bucket's lifecycle rule expires them.
-        self._abort_multipart_uploads(prefix, keep=None if going_on is None else going_on.upload_id)
+        mine = prefix if branch is None else prefix + _part_stem(branch)
+        self._abort_multipart_uploads(mine, keep=None if going_on is None else going_on.upload_id)
+        name = _PartNames(prefix, branch)
         if isinstance(result, NativeResult):
             if landed is not None and going_on is None:
                 raise ValueError("a native result goes on from its unfinished upload, not from parts")
-            native = self._write_native(prefix, result, output, going_on=going_on, stop=stop)
+            native = self._write_native(name, result, output, going_on=going_on, stop=stop)
             if isinstance(native, NativeUpload):
                 return WrittenResult(
                     objects=[],
@@ -180,7 +223,7 @@ class ResultWriter:
             # part count (measured: +113 MB for 20 parts of 8 MiB, against +55 MB for one part).
             with create_transfer_manager(self._s3, self._transfer_config) as transfer:
                 objects, finished = self._write_tabular(
-                    prefix, result, output, transfer, landed=landed, stop=stop
+                    name, result, output, transfer, landed=landed, stop=stop
                 )
             columns, row_count = result.columns, sum(entry.rows for entry in objects)
         if not finished:
@@ -191,13 +234,8 @@ class ResultWriter:
                 byte_count=sum(entry.bytes for entry in objects),
                 finished=False,
             )
-        written = {entry.key for entry in objects}
-        strays = [key for key in self._keys_under(prefix) if key not in written]
-        self._delete(strays)
-        if strays:
-            logger.info(
-                "deleted objects left by an earlier run", extra={"prefix": prefix, "count": len(strays)}
-            )
+        if branch is None:
+            self._delete_strays(prefix, objects)
         return WrittenResult(
             objects=objects,
             columns=list(columns),
@@ -212,6 +250,55 @@ class ResultWriter:
         logger.info("manifest written", extra={"key": key, "rows": manifest.row_count})
         return key
 
+    # --- a parallel fetch: branches write parts, one step writes the manifest --------------------
+
+    def split(self, prefix: str) -> None:
+        """Before the branches start: no manifest (as ``write`` does), no unfinished upload left."""
+        self._s3.delete_object(Bucket=self._bucket, Key=prefix + MANIFEST_NAME)
+        self._abort_multipart_uploads(prefix)
+
+    def put_branch(self, prefix: str, landed: BranchLanded) -> None:
+        """What a branch landed, kept beside its parts until the manifest is written (a hidden
+        ``_branch-<n>.json``: the parts' list would not fit in the state machine's payload)."""
+        body = landed.model_dump_json().encode()
+        key = prefix + _branch_record_name(landed.branch)
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
+
+    def branches(self, prefix: str, count: int) -> list[BranchLanded | None]:
+        """What branches 0 .. count-1 landed, in order (None for a branch that left no record)."""
+        found: list[BranchLanded | None] = []
+        for index in range(count):
+            key = prefix + _branch_record_name(index)
+            try:
+                body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+            except self._s3.exceptions.NoSuchKey:
+                found.append(None)
+                continue
+            found.append(BranchLanded.model_validate_json(body))
+        return found
+
+    def finish_split(self, prefix: str, objects: list[ObjectEntry]) -> None:
+        """Once the manifest lists ``objects``: everything else under ``prefix`` goes (the branches'
+        records, parts an earlier run left)."""
+        self._delete_strays(prefix, objects)
+
+    def discard_branch(self, prefix: str, branch: int) -> int:
+        """Delete what one branch wrote (its parts, uploads and record)."""
+        stem = prefix + _part_stem(branch)
+        self._abort_multipart_uploads(stem)
+        keys = [*self._keys_under(stem), prefix + _branch_record_name(branch)]
+        self._delete(keys)
+        return len(keys) - 1
+
+    def _delete_strays(self, prefix: str, objects: list[ObjectEntry]) -> None:
+        keep = {entry.key for entry in objects} | {prefix + MANIFEST_NAME}
+        strays = [key for key in self._keys_under(prefix) if key not in keep]
+        self._delete(strays)
+        if strays:
+            logger.info(
+                "deleted objects left beside the parts", extra={"prefix": prefix, "count": len(strays)}
+            )
+
     def discard(self, prefix: str) -> int:
         """Delete every object under the job prefix (a failed job) and abort its unfinished uploads."""
         self._abort_multipart_uploads(prefix)
@@ -224,7 +311,7 @@ class ResultWriter:
 
     def _write_tabular(
         self,
-        prefix: str,
+        name: _PartNames,
         result: TabularResult,
         output: OutputSpec,
         transfer: TransferManager,
@@ -253,7 +340,7 @@ class ResultWriter:
         while True:
             tally = _PartTally()
             batches = _encoded_batches(rows, encoder, self._part_max_bytes, tally)
-            key = _part_key(prefix, len(objects), output.format, output.compression)
+            key = name.key(len(objects), output.format, output.compression)
             stream = _PartStream(batches, gzip=output.compression == "gzip")
             content_type = _CONTENT_TYPES["jsonl"] if output.format == "jsonl" else "text/csv"
             self._upload(transfer, key, stream, content_type)
@@ -265,7 +352,7 @@ class ResultWriter:
 
     def _write_native(
         self,
-        prefix: str,
+        name: _PartNames,
         result: NativeResult,
         output: OutputSpec,
         *,
@@ -277,7 +364,7 @@ class ResultWriter:
         After a chunk that is not the last, ``stop()`` may leave the upload unfinished: what is
         returned then is what the next Fetch needs to finish it (``going_on``)."""
         extension = result.extension.lstrip(".")
-        key = _part_key(prefix, 0, extension, output.compression)
+        key = name.key(0, extension, output.compression)
         stream = _PartStream(result.chunks, gzip=output.compression == "gzip")
         content_type = "application/gzip" if stream.gzipped else _content_type_for(extension)
         first: bytes | None = None
@@ -438,9 +525,26 @@ class ResultWriter:
                 )
 
 
-def _part_key(prefix: str, index: int, extension: str, compression: str) -> str:
-    suffix = ".gz" if compression == "gzip" else ""
-    return f"{prefix}part-{index:05d}.{extension}{suffix}"
+@dataclass(frozen=True)
+class _PartNames:
+    """Part keys: ``part-00000.jsonl`` ..., or a parallel fetch branch's ``part-00003-00000.jsonl``
+    ... (branch, then part: the keys sort in result order either way)."""
+
+    prefix: str
+    branch: int | None = None
+
+    def key(self, index: int, extension: str, compression: str) -> str:
+        suffix = ".gz" if compression == "gzip" else ""
+        stem = "part-" if self.branch is None else _part_stem(self.branch)
+        return f"{self.prefix}{stem}{index:05d}.{extension}{suffix}"
+
+
+def _part_stem(branch: int) -> str:
+    return f"part-{branch:05d}-"
+
+
+def _branch_record_name(branch: int) -> str:
+    return f"_branch-{branch:05d}.json"
 
 
 def _content_type_for(extension: str) -> str:
@@ -831,6 +935,28 @@ class _PartStream(io.RawIOBase):
             self._pending += self._compressor.compress(chunk)
         else:
             self._pending += chunk
+
+
+class _InContext[T]:
+    """``items``, each produced inside ``context`` whichever thread asks for it.
+
+    s3transfer reads a part's stream in its own threads, one part in one and the next in another,
+    and our own code reads on between parts; a provider's generator opens and closes its
+    exchanges (query_relay.upstream.deadline) as it goes, in whatever thread advances it. Every
+    thread has its own context: unpinned, an exchange opened while one part was read would be
+    reset in another context (ValueError), and no exchange read in s3transfer's threads would see
+    the invocation's deadline. Only one thread reads at a time, so the context is never entered
+    twice at once."""
+
+    def __init__(self, items: Iterable[T], context: contextvars.Context) -> None:
+        self._items = iter(items)
+        self._context = context
+
+    def __iter__(self) -> _InContext[T]:
+        return self
+
+    def __next__(self) -> T:
+        return self._context.run(next, self._items)
 
 
 def _crc32(data: bytes) -> str:

@@ -17,6 +17,9 @@ class Settings(BaseModel):
     connection_cache_seconds: int = Field(default=300, ge=0)
     # Rows are rolled into a new part once a part holds this many (uncompressed) bytes.
     part_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    # A result its upstream splits (partitions, chunks) is fetched in parallel branches of at least
+    # this many bytes (query_relay.parallel); a smaller one is read by one Fetch.
+    fetch_branch_min_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     # Longest a Poll may hold one upstream long-poll (must stay well under the Lambda timeout).
     long_poll_max_seconds: float = Field(default=30.0, ge=0, le=600)
     # How long Submit waits for the upstream to finish inline (the fast path).
@@ -32,6 +35,7 @@ ENVIRONMENT = {
     "connection_secret_prefix": "CONNECTION_SECRET_PREFIX",
     "connection_cache_seconds": "CONNECTION_CACHE_SECONDS",
     "part_max_bytes": "PART_MAX_BYTES",
+    "fetch_branch_min_bytes": "FETCH_BRANCH_MIN_BYTES",
     "long_poll_max_seconds": "LONG_POLL_MAX_SECONDS",
     "submit_wait_seconds": "SUBMIT_WAIT_SECONDS",
     "history_event_limit": "HISTORY_EVENT_LIMIT",

@@ -17,8 +17,9 @@ from query_relay.models import NativeUpload, ObjectEntry, ProviderName
 
 # QUEUED: waiting for one of the connection's max_concurrent slots (nothing sent upstream yet).
 # FETCHING: a Fetch stopped before its invocation's time ran out; the next one goes on from
-# ``fetch_cursor``.
-JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "FETCHING", "DONE"]
+# ``fetch_cursor``. SPLIT: the result is fetched in parallel, by the branches of ``fetch_plan``
+# (a branch that stops early is FETCHING, with its own cursor).
+JobStatus = Literal["QUEUED", "RUNNING", "FINISHED", "FETCHING", "SPLIT", "DONE"]
 
 
 class FetchCursor(BaseModel):
@@ -35,6 +36,31 @@ class FetchCursor(BaseModel):
     invocations: int = 1
     upload: NativeUpload | None = None
     longest_part_seconds: float = 0.0
+
+
+class FetchBranch(BaseModel):
+    """One branch of a parallel fetch: the upstream's pieces ``first`` .. ``end - 1`` (partitions,
+    chunks), landed as parts ``part-<index>-<n>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0)
+    first: int = Field(ge=0)
+    end: int = Field(ge=1)
+
+    @property
+    def pieces(self) -> range:
+        return range(self.first, self.end)
+
+
+class FetchPlan(BaseModel):
+    """How a result split by its upstream is fetched: ``branches`` (the Map state's items), at
+    most ``max_parallel`` at a time (its MaxConcurrencyPath)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branches: list[FetchBranch]
+    max_parallel: int = Field(ge=1)
 
 
 class ResultPointer(BaseModel):
@@ -63,6 +89,7 @@ class JobState(BaseModel):
     provider_state: dict[str, Any] = Field(default_factory=dict)
     result: ResultPointer | None = None
     fetch_cursor: FetchCursor | None = None
+    fetch_plan: FetchPlan | None = None
     # Holds one of the connection's max_concurrent slots (query_relay.concurrency).
     holds_slot: bool = False
     slot_checks: int = 0
@@ -142,6 +169,12 @@ class JobInput(StepInput):
     """Poll's and Fetch's: the job Submit (or the last Poll) left."""
 
     job: JobState
+
+
+class BranchInput(JobInput):
+    """A parallel fetch branch's (an item of the FetchBranches Map): the job, and its branch."""
+
+    branch: FetchBranch
 
 
 class CleanupInput(StepInput):

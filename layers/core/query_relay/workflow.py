@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from query_relay import aws, submissions
-from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup
+from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup, cleanup_claimed
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
 from query_relay.exceptions import (
@@ -30,10 +30,11 @@ from query_relay.exceptions import (
     UpstreamRateLimited,
     cut_message,
 )
-from query_relay.history import continuation_name, should_continue, still_running
+from query_relay.history import continuation_name, fetch_branches_allowed, should_continue, still_running
 from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, Manifest, OutputSpec, PollingSpec, parse_job_spec
 from query_relay.observability import log_job, logger, metrics
+from query_relay.parallel import plan_fetch
 from query_relay.polling import MIN_WAIT_SECONDS, Jitter, next_wait_seconds, plan_next_check
 from query_relay.providers import (
     FetchedResult,
@@ -43,12 +44,14 @@ from query_relay.providers import (
     open_provider,
     validate_job,
 )
-from query_relay.results import Landed, ResultWriter, WrittenResult, job_prefix
+from query_relay.results import BranchLanded, Landed, ResultWriter, WrittenResult, job_prefix
 from query_relay.settings import get_settings
 from query_relay.state import (
+    BranchInput,
     CleanupInput,
     Failure,
     FetchCursor,
+    FetchPlan,
     JobInput,
     JobState,
     ResultPointer,
@@ -486,8 +489,77 @@ def _honoured_retry_after(
 def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[str, Any]:
     """Land the result; or, when this invocation's time runs short after a whole part of rows,
     stop with the job FETCHING and a ``fetch_cursor`` that the next Fetch goes on from (the state
-    machine calls it again). The slot and the upstream's result are kept until the last one."""
+    machine calls it again). The slot and the upstream's result are kept until the last one.
+
+    A result its upstream splits into pieces, too large for one Fetch to read alone, is SPLIT
+    instead: ``job.fetch_plan`` names the branches the FetchBranches Map hands back to this function
+    (``fetch_branch``), and once they all have landed, the job comes back SPLIT and its manifest is
+    written (``write_split_manifest``)."""
+    if "branch" in event:
+        return fetch_branch(BranchInput.model_validate(event), seconds_left=seconds_left)
     spec, job = _running_job(event)
+    if job.upstream_id is None:
+        raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
+    if job.status == "SPLIT":
+        return write_split_manifest(spec, job, event.get("execution_arn"))
+    cursor = job.fetch_cursor
+    budget = FetchBudget(
+        seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
+    )
+    with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
+        if cursor is None and (plan := _fetch_plan(provider, job)) is not None:
+            return _split(spec, job, plan)
+        with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
+            job.result = _land(spec, job, result, budget, execution_arn=event.get("execution_arn"))
+        if job.result is None:
+            return job.model_dump(mode="json")
+        _release_quietly(provider, job)
+    _give_back_slot(job)
+    job.status = "DONE"
+    job.fetch_cursor = None
+    return job.model_dump(mode="json")
+
+
+def _fetch_plan(provider: Provider[Any, Any], job: JobState) -> FetchPlan | None:
+    """The branches of a parallel fetch, for a result the upstream split into enough pieces."""
+    if not provider.splits_results or provider.connection.max_parallel_fetch < 2 or job.upstream_id is None:
+        return None
+    pieces = provider.pieces(job.upstream_id, job.provider_state)
+    settings = get_settings()
+    plan = plan_fetch(
+        pieces,
+        max_parallel=provider.connection.max_parallel_fetch,
+        min_bytes=settings.fetch_branch_min_bytes,
+        most=fetch_branches_allowed(settings.history_event_limit),
+    )
+    logger.info(
+        "result pieces counted",
+        extra={"pieces": len(pieces or ()), "branches": 0 if plan is None else len(plan.branches)},
+    )
+    return plan
+
+
+def _split(spec: JobSpec, job: JobState, plan: FetchPlan) -> dict[str, Any]:
+    """The job, SPLIT: the FetchBranches Map fetches ``plan``'s branches, at most ``max_parallel``
+    at a time. No manifest stays meanwhile (a re-run of the job may have left one)."""
+    _writer().split(job_prefix(spec.output, job.job_id, job.submitted_at))
+    job.status, job.fetch_plan = "SPLIT", plan
+    logger.info(
+        "fetching in parallel",
+        extra={"branches": len(plan.branches), "max_parallel": plan.max_parallel},
+    )
+    metrics.add_metric(name="ParallelFetches", unit="Count", value=1)
+    return job.model_dump(mode="json")
+
+
+def fetch_branch(step: BranchInput, *, seconds_left: float | None = None) -> dict[str, Any]:
+    """One branch of a parallel fetch: land pieces ``first`` .. ``end - 1`` as the branch's own parts
+    and record them beside the parts for the manifest; or stop FETCHING with the branch's cursor,
+    as a lone Fetch does. A branch that lands after the job's cleanup was claimed (another branch
+    failed, the job was cancelled) removes what it wrote: nothing stays of a failed job."""
+    spec, job, branch = parse_job_spec(step.spec), step.job, step.branch
+    log_job(job.job_id, connection=job.connection, upstream_id=job.upstream_id)
+    logger.append_keys(branch=branch.index)
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
     cursor = job.fetch_cursor
@@ -495,14 +567,67 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
         seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
     )
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
-        with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
-            job.result = _land(spec, job, result, budget)
-        if job.result is None:
-            return job.model_dump(mode="json")
+        fetched = provider.fetch(
+            job.upstream_id, job.provider_state, spec.output.format, pieces=branch.pieces
+        )
+        with fetched as result:
+            written = _write_parts(spec, job, result, budget, branch=branch.index)
+            partial = written is not None and result.partial()
+    if written is None:
+        return job.model_dump(mode="json")
+    writer, prefix = _writer(), job_prefix(spec.output, job.job_id, job.submitted_at)
+    landed = BranchLanded(
+        branch=branch.index, objects=written.objects, columns=written.columns, partial=partial
+    )
+    writer.put_branch(prefix, landed)
+    if cleanup_claimed(get_settings().control_table, step.execution_arn):
+        removed = writer.discard_branch(prefix, branch.index)
+        logger.warning(
+            "the job is being cleaned up: removed what this branch landed", extra={"objects": removed}
+        )
+    else:
+        logger.info("branch landed", extra={"parts": len(written.objects), "rows": written.row_count})
+    job.status, job.fetch_cursor = "SPLIT", None
+    return job.model_dump(mode="json")
+
+
+def write_split_manifest(spec: JobSpec, job: JobState, execution_arn: str | None) -> dict[str, Any]:
+    """After every branch of a parallel fetch has landed: the manifest, written once, listing the
+    branches' parts in result order; then what is not a part goes, and the job is DONE."""
+    plan = job.fetch_plan
+    if plan is None:
+        raise RuntimeError("a SPLIT job without its fetch plan")  # pragma: no cover - the machine's bug
+    writer, prefix = _writer(), job_prefix(spec.output, job.job_id, job.submitted_at)
+    found = writer.branches(prefix, len(plan.branches))
+    missing = [branch.index for branch, landed in zip(plan.branches, found, strict=True) if landed is None]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} of {len(plan.branches)} fetch branches left no record of their parts "
+            f"(first: branch {missing[0]}), though the Map reported them done"
+        )
+    branches = [landed for landed in found if landed is not None]
+    columns = branches[0].columns
+    if any(landed.columns != columns for landed in branches):
+        raise UpstreamProtocolError(
+            "the branches of a parallel fetch read different columns: the upstream's answer changed "
+            "between reads"
+        )
+    objects = [entry for landed in branches for entry in landed.objects]
+    written = WrittenResult(
+        objects=objects,
+        columns=columns,
+        row_count=sum(entry.rows for entry in objects),
+        byte_count=sum(entry.bytes for entry in objects),
+    )
+    job.result = _write_manifest(
+        spec, job, written, partial=any(landed.partial for landed in branches), execution_arn=execution_arn
+    )
+    writer.finish_split(prefix, objects)
+    with _provider_for(job.connection) as provider:
         _release_quietly(provider, job)
     _give_back_slot(job)
-    job.status = "DONE"
-    job.fetch_cursor = None
+    job.status, job.fetch_plan = "DONE", None
+    metrics.add_metric(name="FetchBranches", unit="Count", value=len(plan.branches))
     return job.model_dump(mode="json")
 
 
@@ -550,10 +675,32 @@ def _release_quietly(provider: Provider[Any, Any], job: JobState) -> None:
 
 
 def _land(
-    spec: JobSpec, job: JobState, result: FetchedResult, budget: FetchBudget | None = None
+    spec: JobSpec,
+    job: JobState,
+    result: FetchedResult,
+    budget: FetchBudget | None = None,
+    *,
+    execution_arn: str | None = None,
 ) -> ResultPointer | None:
     """Stream the result into parts, then write the manifest last; None when the budget ran out
     first (``job.fetch_cursor`` then says where the next Fetch goes on). No budget: in one go."""
+    written = _write_parts(spec, job, result, budget)
+    if written is None:
+        return None
+    return _write_manifest(spec, job, written, partial=result.partial(), execution_arn=execution_arn)
+
+
+def _write_parts(
+    spec: JobSpec,
+    job: JobState,
+    result: FetchedResult,
+    budget: FetchBudget | None,
+    *,
+    branch: int | None = None,
+) -> WrittenResult | None:
+    """The result (or a branch's pieces of it) streamed into parts, going on after the parts
+    ``job.fetch_cursor`` names; None when the budget ran out first: the job is then FETCHING with
+    the cursor the next Fetch goes on from."""
     writer = _writer()
     prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
     cursor = job.fetch_cursor
@@ -561,26 +708,36 @@ def _land(
         None if cursor is None else Landed(objects=cursor.objects, rows=cursor.rows, upload=cursor.upload)
     )
     stop = None if budget is None else budget.exhausted
-    written: WrittenResult = writer.write(prefix, result, spec.output, landed=landed, stop=stop)
-    if not written.finished:
-        job.status = "FETCHING"
-        job.fetch_cursor = FetchCursor(
-            objects=written.objects,
-            rows=written.row_count,
-            invocations=1 if cursor is None else cursor.invocations + 1,
-            upload=written.upload,
-            longest_part_seconds=0.0 if budget is None else budget.longest_part,
-        )
-        logger.info(
-            "fetch stopped before its time ran out; the next one goes on",
-            extra={
-                "parts": len(written.objects),
-                "rows": written.row_count,
-                "bytes": written.byte_count,
-                "native_chunks": None if written.upload is None else written.upload.parts,
-            },
-        )
-        return None
+    written = writer.write(prefix, result, spec.output, landed=landed, stop=stop, branch=branch)
+    if written.finished:
+        return written
+    job.status = "FETCHING"
+    job.fetch_cursor = FetchCursor(
+        objects=written.objects,
+        rows=written.row_count,
+        invocations=1 if cursor is None else cursor.invocations + 1,
+        upload=written.upload,
+        longest_part_seconds=0.0 if budget is None else budget.longest_part,
+    )
+    logger.info(
+        "fetch stopped before its time ran out; the next one goes on",
+        extra={
+            "parts": len(written.objects),
+            "rows": written.row_count,
+            "bytes": written.byte_count,
+            "native_chunks": None if written.upload is None else written.upload.parts,
+        },
+    )
+    return None
+
+
+def _write_manifest(
+    spec: JobSpec, job: JobState, written: WrittenResult, *, partial: bool, execution_arn: str | None
+) -> ResultPointer:
+    """The manifest of the landed parts, written last. Should the job's cleanup have been claimed
+    meanwhile (an API cancel), the result is removed again: a cancelled job leaves nothing."""
+    writer = _writer()
+    prefix = job_prefix(spec.output, job.job_id, job.submitted_at)
     manifest = Manifest(
         job_id=job.job_id,
         connection=job.connection,
@@ -595,9 +752,14 @@ def _land(
         submitted_at=job.submitted_at,
         completed_at=_now(),
         polls=job.polls,
-        is_partial=result.partial(),
+        is_partial=partial,
     )
     manifest_key = writer.write_manifest(prefix, manifest)
+    if cleanup_claimed(get_settings().control_table, execution_arn):
+        removed = writer.discard(prefix)
+        logger.warning(
+            "the job is being cleaned up: removed the result it landed", extra={"objects": removed}
+        )
     metrics.add_metric(name="RowsLanded", unit="Count", value=written.row_count)
     metrics.add_metric(name="BytesLanded", unit="Bytes", value=written.byte_count)
     logger.info(

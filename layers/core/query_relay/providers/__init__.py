@@ -13,6 +13,7 @@ from query_relay.models import Connection, ProviderName, describe_validation_err
 from query_relay.providers.base import (
     FetchedResult,
     NativeResult,
+    Piece,
     PollStatus,
     Provider,
     Submission,
@@ -66,6 +67,7 @@ __all__ = [
     "PROVIDERS",
     "FetchedResult",
     "NativeResult",
+    "Piece",
     "PollStatus",
     "Provider",
     "Submission",

@@ -79,6 +79,16 @@ class NativeResult:
 FetchedResult = TabularResult | NativeResult
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a finished result that the upstream serves on its own (a Snowflake partition, a
+    Databricks chunk): the rows it holds and its size, where the upstream says them. Pieces are
+    numbered from 0 in result order; ``Provider.fetch`` can read any contiguous range of them."""
+
+    rows: int | None = None
+    bytes: int | None = None
+
+
 class ProviderState(BaseModel):
     """The small facts Poll, Fetch and Cancel need later, kept in the execution state
     (``job.provider_state``). Keys a newer or older version wrote are ignored."""
@@ -152,6 +162,9 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     max_check_gap_seconds: ClassVar[int | None] = None
     # The ``auth.token_type`` values a bearer connection may name (none: the field is refused).
     bearer_token_types: ClassVar[frozenset[str]] = frozenset()
+    # True when the upstream splits a finished result into pieces read on their own (partitions,
+    # chunks): ``pieces`` lists them and ``fetch`` reads a range of them (a parallel fetch's branch).
+    splits_results: ClassVar[bool] = False
 
     @classmethod
     def check_connection(cls, connection_name: str, connection: Connection) -> None:
@@ -245,11 +258,33 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
 
     @contextmanager
     def fetch(
-        self, upstream_id: str, state: dict[str, Any], output_format: OutputFormat
+        self,
+        upstream_id: str,
+        state: dict[str, Any],
+        output_format: OutputFormat,
+        *,
+        pieces: range | None = None,
     ) -> Iterator[FetchedResult]:
-        """Open the finished task's result as a stream (rows, or native bytes)."""
-        with self._scrubbing(), self._fetch(upstream_id, self._state(state), output_format) as result:
-            yield self._scrubbed_result(result)
+        """Open the finished task's result as a stream (rows, or native bytes): all of it, or only
+        the ``pieces`` (a range of those ``pieces()`` lists) of an upstream that splits results."""
+        if pieces is not None and not self.splits_results:
+            raise TypeError(f"{self.name} results are not split into pieces")
+        with self._scrubbing():
+            typed = self._state(state)
+            if pieces is None:
+                opened = self._fetch(upstream_id, typed, output_format)
+            else:
+                opened = self._fetch_pieces(upstream_id, typed, output_format, pieces)
+            with opened as result:
+                yield self._scrubbed_result(result)
+
+    def pieces(self, upstream_id: str, state: dict[str, Any]) -> list[Piece] | None:
+        """The pieces the finished task's result is split into, in order; None when this upstream
+        does not split results (its result is read by one Fetch)."""
+        if not self.splits_results:
+            return None
+        with self._scrubbing():
+            return self._pieces(upstream_id, self._state(state))
 
     def cancel(self, upstream_id: str, state: dict[str, Any]) -> bool:
         """Stop the task (or drop its stored result). True when the upstream acknowledged it;
@@ -312,6 +347,16 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
 
     @abc.abstractmethod
     def _cancel(self, upstream_id: str, state: S) -> bool: ...
+
+    # An upstream that splits results (``splits_results``) implements these two.
+
+    def _pieces(self, upstream_id: str, state: S) -> list[Piece]:
+        raise NotImplementedError
+
+    def _fetch_pieces(
+        self, upstream_id: str, state: S, output_format: OutputFormat, pieces: range
+    ) -> AbstractContextManager[FetchedResult]:
+        raise NotImplementedError
 
     def _release(self, upstream_id: str, state: S) -> None:  # noqa: B027 - an optional hook
         """Default: keep the result until the upstream expires it."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
@@ -67,7 +67,11 @@ def exchange(seconds: float | None) -> Iterator[float | None]:
     try:
         yield None if ends is None else ends - now
     finally:
-        _EXCHANGE_ENDS.reset(token)
+        # Ended from another context than it began in (ValueError): a generator that held the
+        # exchange open, finalized wherever its last reference went. That context never had this
+        # deadline; the one that had it no longer runs the generator.
+        with suppress(ValueError):
+            _EXCHANGE_ENDS.reset(token)
 
 
 def expired() -> bool:

@@ -23,6 +23,7 @@ from query_relay.exceptions import (
     UpstreamTaskExpired,
 )
 from query_relay.models import Column
+from query_relay.providers.base import Piece
 from query_relay.upstream import typed
 from query_relay.upstream.auth import Token
 from query_relay.upstream.errors import REASON_LIMIT, Envelope, ErrorAnswer, Where, json_object
@@ -149,6 +150,7 @@ class Schema(_Model):
 class ChunkInfo(_Model):
     chunk_index: int = Field(ge=0)
     row_count: int = Field(ge=0)
+    byte_count: int | None = Field(default=None, ge=0)
 
 
 class Manifest(_Model):
@@ -166,6 +168,12 @@ class Manifest(_Model):
     def chunk_rows(self, index: int) -> int | None:
         """The rows chunk ``index`` holds, by ``chunks`` (None when the manifest lists none)."""
         return self.chunks[index].row_count if self.chunks else None
+
+    def pieces(self) -> list[Piece]:
+        """Each chunk as a piece a parallel fetch's branch can read: its rows and bytes, where listed."""
+        if not self.chunks:
+            return [Piece() for _ in range(self.chunk_count)]
+        return [Piece(rows=chunk.row_count, bytes=chunk.byte_count) for chunk in self.chunks]
 
 
 def manifest(document: Any, where: Where) -> Manifest:

@@ -10,7 +10,8 @@ Fetch, which reads every result in one place. Poll looks once: a GET cannot be h
 statement ends. Fetch reads the manifest, then chunks 0 .. N-1 in order, each downloaded from cloud
 storage with exactly its link's ``http_headers`` and none of our credentials, a link that expired
 renewed by asking for its chunk again; values are typed by the manifest's column types, and
-``native`` stores each chunk's body as received, one a line.
+``native`` stores each chunk's body as received, one a line. A parallel fetch's branch reads a range
+of the chunks (``pieces``, counted from ``manifest.chunks``) the same way.
 
 Credentials: a bearer token (a PAT or an OAuth token), or OAuth M2M: ``POST /oidc/v1/token`` with
 the client id and secret as HTTP Basic, the token cached per host, client and secret
@@ -88,6 +89,8 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
     # Databricks cancels a statement nobody polled for 15 minutes: no gap between looks is longer
     # than 10 (a Wait state, a Poll's own time and its retries fit in the 5 left).
     max_check_gap_seconds: ClassVar[int | None] = 600
+    # Results come in pieces (partitions, chunks) read on their own: a large one is fetched in parallel.
+    splits_results: ClassVar[bool] = True
 
     # Looking again at a new statement inside Submit's wait: pauses grow from the first to the last.
     STATUS_POLL_FIRST_SECONDS: ClassVar[float] = 0.25
@@ -158,19 +161,37 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
     def _fetch(
         self, upstream_id: str, state: DatabricksState, output_format: OutputFormat
     ) -> Iterator[base.FetchedResult]:
-        where = self.http.where("databricks fetch")
-        found = self._statement(upstream_id, where, with_result=True)
-        if not answer.finished(found, upstream_id, where):
-            raise where.protocol_error(f"statement {upstream_id!r} is not finished")
-        manifest = answer.manifest(found.manifest, where)
-        if manifest.truncated:
-            self._check_truncated(manifest, state, upstream_id, where)
-        first = found.result.get("external_links") if isinstance(found.result, dict) else None
-        known = self._links(first, where, 0)  # chunk 0's, handed out with the statement
+        with self._read(upstream_id, state, output_format, None) as result:
+            yield result
+
+    @contextmanager
+    def _fetch_pieces(
+        self, upstream_id: str, state: DatabricksState, output_format: OutputFormat, pieces: range
+    ) -> Iterator[base.FetchedResult]:
+        with self._read(upstream_id, state, output_format, pieces) as result:
+            yield result
+
+    def _pieces(self, upstream_id: str, state: DatabricksState) -> list[base.Piece]:
+        """The chunks, by the manifest (a truncated result fails here unless the job allows it)."""
+        manifest, _ = self._finished_result(upstream_id, state)
+        return manifest.pieces()
+
+    @contextmanager
+    def _read(
+        self, upstream_id: str, state: DatabricksState, output_format: OutputFormat, pieces: range | None
+    ) -> Iterator[base.FetchedResult]:
+        """The manifest, then the chunks of ``pieces`` (all of them when None), in order."""
+        manifest, known = self._finished_result(upstream_id, state)
+        wanted = range(manifest.chunk_count) if pieces is None else pieces
+        if wanted.step != 1 or not 0 <= wanted.start <= wanted.stop <= manifest.chunk_count:
+            raise self.http.where("databricks fetch").protocol_error(
+                f"chunks {wanted.start} .. {wanted.stop - 1} were asked for; the result has "
+                f"{manifest.chunk_count}"
+            )
         columns = answer.columns(manifest)
         tally = _Tally()
         keep_rows = output_format != "native"
-        chunks = self._chunks(upstream_id, manifest, known, tally, keep_rows=keep_rows)
+        chunks = self._chunks(upstream_id, manifest, known, tally, wanted, keep_rows=keep_rows)
 
         def partial() -> bool:
             return manifest.truncated
@@ -184,8 +205,22 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
                 partial=partial,
             )
         else:
-            rows = answer.typed_rows(manifest, where)(self._rows(chunks))
+            rows = answer.typed_rows(manifest, self.http.where("databricks fetch"))(self._rows(chunks))
             yield base.TabularResult(columns=columns, rows=rows, partial=partial)
+
+    def _finished_result(
+        self, statement: str, state: DatabricksState
+    ) -> tuple[answer.Manifest, dict[int, answer.ExternalLink]]:
+        """The finished statement's manifest, and the links it handed out with it (chunk 0's)."""
+        where = self.http.where("databricks fetch")
+        found = self._statement(statement, where, with_result=True)
+        if not answer.finished(found, statement, where):
+            raise where.protocol_error(f"statement {statement!r} is not finished")
+        manifest = answer.manifest(found.manifest, where)
+        if manifest.truncated:
+            self._check_truncated(manifest, state, statement, where)
+        first = found.result.get("external_links") if isinstance(found.result, dict) else None
+        return manifest, self._links(first, where, 0)
 
     @staticmethod
     def _check_truncated(
@@ -220,12 +255,13 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
         manifest: answer.Manifest,
         known: dict[int, answer.ExternalLink],
         tally: _Tally,
+        wanted: range,
         *,
         keep_rows: bool,
     ) -> Iterator[Answer]:
-        """Each chunk's body in order, yielded open; once the caller has read it, its rows are held
-        to the manifest's count."""
-        for index in range(manifest.chunk_count):
+        """The ``wanted`` chunks' bodies in order, each yielded open; once the caller has read it,
+        its rows are held to the manifest's count (and all of them to its total)."""
+        for index in wanted:
             with self._download(statement, index, known, keep_rows=keep_rows) as (page, link):
                 yield page
                 expected = manifest.chunk_rows(index)
@@ -233,7 +269,8 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
                     page.reader, link.row_count if expected is None else expected, index
                 )
                 tally.chunks += 1
-        if manifest.total_row_count is not None and tally.rows != manifest.total_row_count:
+        whole = len(wanted) == manifest.chunk_count
+        if whole and manifest.total_row_count is not None and tally.rows != manifest.total_row_count:
             raise self.http.where("databricks fetch").protocol_error(
                 f"the chunks hold {tally.rows} rows where the manifest says {manifest.total_row_count}"
             )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from query_relay.exceptions import QueryRelayError
 from query_relay.models import Column
+from query_relay.providers.base import Piece
 from query_relay.upstream import typed
 from query_relay.upstream.errors import Envelope, ErrorAnswer, Where, json_object
 from query_relay.upstream.jsonpath import PathReader
@@ -57,6 +58,7 @@ class Partition(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     rowCount: int = Field(ge=0)
+    uncompressedSize: int | None = Field(default=None, ge=0)
 
 
 class Metadata(BaseModel):
@@ -134,6 +136,13 @@ def partition_rows(found: Metadata) -> list[int | None]:
     """The rows each partition holds, by ``partitionInfo``; one partition of unknown size (partition
     0, all in the ResultSet) when it is absent."""
     return [partition.rowCount for partition in found.partitionInfo] or [None]
+
+
+def pieces(found: Metadata) -> list[Piece]:
+    """Each partition as a piece a parallel fetch's branch can read: its rows and uncompressed size."""
+    if not found.partitionInfo:
+        return [Piece()]
+    return [Piece(rows=part.rowCount, bytes=part.uncompressedSize) for part in found.partitionInfo]
 
 
 def counted(reader: PathReader, expected: int | None, number: int) -> int:

@@ -8,14 +8,16 @@ retried after its answer was lost gets the statement it started, never a second 
 has no long-poll, so Submit looks again with short pauses for its inline wait and Poll looks once.
 Fetch reads the ResultSet (its metadata and partition 0's rows), then partitions 1 .. N-1 in order,
 every value typed by the column's ``rowType`` (``answer.converter``). ``native`` stores each
-partition's JSON as received, one document a line.
+partition's JSON as received, one document a line. A parallel fetch's branch reads a range of the
+partitions (``pieces``, counted from ``partitionInfo``): the ResultSet for its metadata, its rows
+only when the range holds partition 0.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -55,6 +57,8 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
         '"token_type": "PROGRAMMATIC_ACCESS_TOKEN")'
     )
     bearer_token_types: ClassVar[frozenset[str]] = frozenset({"OAUTH", "PROGRAMMATIC_ACCESS_TOKEN"})
+    # Results come in pieces (partitions, chunks) read on their own: a large one is fetched in parallel.
+    splits_results: ClassVar[bool] = True
 
     # Looking again at a new statement inside Submit's wait: pauses grow from the first to the last.
     STATUS_POLL_FIRST_SECONDS: ClassVar[float] = 0.25
@@ -133,56 +137,88 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
     def _fetch(
         self, upstream_id: str, state: base.ProviderState, output_format: OutputFormat
     ) -> Iterator[base.FetchedResult]:
-        where = self.http.where("snowflake fetch")
+        with self._read(upstream_id, output_format, None) as result:
+            yield result
+
+    @contextmanager
+    def _fetch_pieces(
+        self, upstream_id: str, state: base.ProviderState, output_format: OutputFormat, pieces: range
+    ) -> Iterator[base.FetchedResult]:
+        with self._read(upstream_id, output_format, pieces) as result:
+            yield result
+
+    def _pieces(self, upstream_id: str, state: base.ProviderState) -> list[base.Piece]:
+        """The partitions, by the ResultSet's ``partitionInfo`` (partition 0's rows are left unread)."""
+        with self._result_set(upstream_id, keep_rows=False) as (_, found):
+            return answer.pieces(found)
+
+    @contextmanager
+    def _read(
+        self, upstream_id: str, output_format: OutputFormat, pieces: range | None
+    ) -> Iterator[base.FetchedResult]:
+        """The ResultSet (its metadata, and partition 0's rows when ``pieces`` hold partition 0),
+        then each later partition of ``pieces`` (all of them when None), in order."""
         keep_rows = output_format != "native"
-        path = answer.statement_path(upstream_id)
-        with self._request("GET", path, where, task_id=upstream_id, result=True) as response:
-            if response.status_code != 200:
-                raise where.protocol_error(
-                    f"statement {upstream_id!r} is not finished (HTTP {response.status_code})"
-                )
-            first = self._answer(response, where, keep_rows=keep_rows, result_set=True)
-            first.read_until(answer.knows_metadata)
-            found = answer.metadata(first.reader)
+        with ExitStack() as stack:
+            first, found = stack.enter_context(self._result_set(upstream_id, keep_rows=keep_rows))
             columns = answer.columns(found)
             partitions = answer.partition_rows(found)
+            wanted = _wanted(pieces, len(partitions), self.http.where("snowflake fetch"))
+            if 0 not in wanted:
+                stack.close()  # partition 0's rows belong to another branch
             tally = _Tally()
+            pages = self._partitions(first, upstream_id, wanted, tally, keep_rows=keep_rows)
             if output_format == "native":
-                chunks = self._native_chunks(first, upstream_id, partitions, tally)
+                chunks = self._native_chunks(pages, partitions, tally)
                 yield base.NativeResult(
                     chunks=chunks, extension="jsonl", columns=columns, counted=lambda: tally.rows
                 )
             else:
-                typed = answer.typed_rows(found, where)
-                yield base.TabularResult(
-                    columns=columns, rows=typed(self._rows(first, upstream_id, partitions, tally))
+                typed = answer.typed_rows(found, self.http.where("snowflake fetch"))
+                yield base.TabularResult(columns=columns, rows=typed(self._rows(pages, partitions, tally)))
+
+    @contextmanager
+    def _result_set(self, statement: str, *, keep_rows: bool) -> Iterator[tuple[Answer, answer.Metadata]]:
+        """The finished statement's ResultSet, open and read up to its metadata."""
+        where = self.http.where("snowflake fetch")
+        path = answer.statement_path(statement)
+        with self._request("GET", path, where, task_id=statement, result=True) as response:
+            if response.status_code != 200:
+                raise where.protocol_error(
+                    f"statement {statement!r} is not finished (HTTP {response.status_code})"
                 )
+            first = self._answer(response, where, keep_rows=keep_rows, result_set=True)
+            first.read_until(answer.knows_metadata)
+            yield first, answer.metadata(first.reader)
 
     def _rows(
-        self, first: Answer, statement: str, partitions: list[int | None], tally: _Tally
+        self, pages: Iterator[tuple[int, Answer]], partitions: list[int | None], tally: _Tally
     ) -> Iterator[list[Any]]:
-        for number, page in enumerate(self._partitions(first, statement, partitions, tally, keep_rows=True)):
+        for number, page in pages:
             yield from page.items()
             tally.rows += answer.counted(page.reader, partitions[number], number)
         logger.info("snowflake result read", extra={"partitions": tally.partitions, "rows": tally.rows})
 
+    @staticmethod
     def _native_chunks(
-        self, first: Answer, statement: str, partitions: list[int | None], tally: _Tally
+        pages: Iterator[tuple[int, Answer]], partitions: list[int | None], tally: _Tally
     ) -> Iterator[bytes]:
         """Each partition's JSON as received (decompressed), followed by a newline unless it ends
         with one; ``tally.rows`` is the rows counted once the chunks are exhausted."""
-        for number, page in enumerate(self._partitions(first, statement, partitions, tally, keep_rows=False)):
+        for number, page in pages:
             yield from as_line(page.raw_chunks())
             tally.rows += answer.counted(page.reader, partitions[number], number)
 
     def _partitions(
-        self, first: Answer, statement: str, partitions: list[int | None], tally: _Tally, *, keep_rows: bool
-    ) -> Iterator[Answer]:
-        """Partition 0 (the ResultSet), then each later one, each yielded open and read by the caller
-        before the next is asked for."""
-        tally.partitions = 1
-        yield first
-        for number in range(1, len(partitions)):
+        self, first: Answer, statement: str, wanted: range, tally: _Tally, *, keep_rows: bool
+    ) -> Iterator[tuple[int, Answer]]:
+        """The ``wanted`` partitions with their numbers: partition 0 is the ResultSet's own rows;
+        each later one is asked for and yielded open, read by the caller before the next."""
+        for number in wanted:
+            if number == 0:
+                tally.partitions += 1
+                yield 0, first
+                continue
             where = self.http.where(f"snowflake fetch (partition {number})")
             path = answer.statement_path(statement)
             request: dict[str, Any] = {"params": {"partition": str(number)}, "result": True}
@@ -190,7 +226,7 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
                 if response.status_code != 200:
                     raise where.protocol_error(f"unexpected HTTP {response.status_code} for a partition")
                 tally.partitions += 1
-                yield self._answer(response, where, keep_rows=keep_rows)
+                yield number, self._answer(response, where, keep_rows=keep_rows)
 
     # - cancel -
 
@@ -220,3 +256,15 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
 
     def _classify(self, error: ErrorAnswer) -> QueryRelayError | None:
         return answer.classify(error)
+
+
+def _wanted(pieces: range | None, count: int, where: Where) -> range:
+    """The partitions to read: all of them, or ``pieces``, which must lie among the ``count`` the
+    ResultSet lists (a branch planned from another answer than this one is refused)."""
+    if pieces is None:
+        return range(count)
+    if pieces.step != 1 or not 0 <= pieces.start < pieces.stop <= count:
+        raise where.protocol_error(
+            f"partitions {pieces.start} .. {pieces.stop - 1} were asked for; the result has {count}"
+        )
+    return pieces
