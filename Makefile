@@ -117,7 +117,7 @@ local-invoke: build
 
 # Prints figures (no pass/fail thresholds in `make test`); see README "Performance". Every bench
 # runs even when one misses its goals (bench.fetch exits 1 then) or fails; the status says so at the end.
-BENCHES := cold_start poll_cost codec fetch cost
+BENCHES := cold_start poll_cost codec fetch parallel_fetch cost
 bench: $(STAMP)
 	@[ -d .aws-sam/build/CoreLayer ] || $(MAKE) build
 	@status=0; missed=""; \

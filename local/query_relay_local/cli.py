@@ -301,6 +301,7 @@ class Progress:
         self._started = time.monotonic()
         self._state = ""
         self._continued = False
+        self._branches_landed = 0
 
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self._started:6.1f}s] {message}", file=self._out, flush=True)
@@ -314,12 +315,17 @@ class Progress:
         kind = event["type"]
         if kind == "TaskStateEntered":
             self._state = event["stateEnteredEventDetails"]["name"]
-            return {"Submit": "submitting", "Fetch": "fetching the result", "Cleanup": "cleaning up"}.get(
-                self._state
-            )
+            return {
+                "Submit": "submitting",
+                "Fetch": "fetching the result",
+                "WriteManifest": "every branch landed: writing the manifest",
+                "Cleanup": "cleaning up",
+            }.get(self._state)
         if kind == "TaskStateExited":
             details = event["stateExitedEventDetails"]
             self._continued = details["name"] == "ContinueAsNew"
+            if details["name"] == "FetchBranch":
+                return self._describe_branch(details.get("output", "{}"))
             return self._describe_exit(details["name"], details.get("output", "{}"))
         if kind in ("LambdaFunctionFailed", "TaskFailed"):
             failure: Mapping[str, Any] = (
@@ -332,6 +338,18 @@ class Progress:
             ending: Mapping[str, Any] = event.get("executionFailedEventDetails") or {}
             return f"failed: {ending.get('error', kind)}"
         return None
+
+    def _describe_branch(self, output: str) -> str | None:
+        """A parallel fetch's branch: it landed, or it stopped after a part and goes on."""
+        state_document = json.loads(output or "{}")
+        job, branch = state_document.get("job") or {}, state_document.get("branch") or {}
+        if job.get("status") == "FETCHING":
+            return (
+                f"branch {branch.get('index')}: stopped after a whole part before its time ran out, going on"
+            )
+        self._branches_landed += 1
+        branches = len((job.get("fetch_plan") or {}).get("branches", []))
+        return f"branch {branch.get('index')} landed ({self._branches_landed} of {branches})"
 
     @staticmethod
     def _describe_exit(state: str, output: str) -> str | None:
@@ -356,6 +374,16 @@ class Progress:
                 if status == "FINISHED"
                 else f"poll #{polls}: running, next check in {wait}s"
             )
+        if state == "Fetch" and status == "SPLIT":
+            plan = job.get("fetch_plan") or {}
+            return (
+                f"result split into {len(plan.get('branches', []))} branches: fetching "
+                f"{plan.get('max_parallel')} at a time (a Map state, a Fetch per branch)"
+            )
+        if state == "Fetch" and status == "FETCHING":
+            return "Fetch stopped after a whole part before its time ran out: the next one goes on"
+        if state == "WriteManifest" and status == "DONE":
+            return f"manifest written: {(job.get('result') or {}).get('row_count')} rows"
         return None
 
 
@@ -402,14 +430,24 @@ def _serve_command(args: argparse.Namespace) -> int:
 # --- demo ------------------------------------------------------------------------------------------
 
 
+DEMO_FETCH_BRANCH_MIN_BYTES = 16 * 1024
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly
 
     failures = 0
     with ExitStack() as running:
-        stack = running.enter_context(LocalStack(echo_logs=_echo(args.verbose)))
-        print(f"local stack at {stack.endpoint_url}\n")
+        # Results of a few hundred KB split as large ones do, so that the demo shows a parallel fetch.
+        overrides = {"FetchBranchMinBytes": str(DEMO_FETCH_BRANCH_MIN_BYTES)}
+        stack = running.enter_context(
+            LocalStack(echo_logs=_echo(args.verbose), parameter_overrides=overrides)
+        )
+        print(
+            f"local stack at {stack.endpoint_url} (FetchBranchMinBytes {DEMO_FETCH_BRANCH_MIN_BYTES} "
+            "bytes, not 64 MiB: Snowflake's and Databricks' small results fetch in parallel)\n"
+        )
         for upstream in UPSTREAMS.values():
             secret = upstream.new_secret()
             emulator = running.enter_context(upstream.start(secret))

@@ -175,7 +175,7 @@ UPSTREAMS: dict[str, Upstream] = {
         },
         demo_jobs=(
             DemoJob(
-                "3,000 typed rows from a SQL statement with a binding (Fetch reads 3 partitions)",
+                "3,000 typed rows from a SQL statement with a binding (3 partitions, fetched in parallel)",
                 {
                     "query": {
                         "statement": "SELECT n, square, label, ratio FROM numbers WHERE n <= ? ORDER BY n",
@@ -199,7 +199,7 @@ UPSTREAMS: dict[str, Upstream] = {
         },
         demo_jobs=(
             DemoJob(
-                "A statement with a named parameter, polled, its 5 chunks downloaded from external links",
+                "A statement with a named parameter, polled, its 5 chunks fetched in parallel from external links",
                 {
                     "query": {
                         "statement": "SELECT n, square, label FROM numbers WHERE n <= :last ORDER BY n",

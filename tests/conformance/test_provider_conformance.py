@@ -115,23 +115,25 @@ def test_a_split_result_read_a_range_of_pieces_at_a_time_is_the_whole_result(
     harness: ProviderHarness, emulator: Any, output_format: str
 ) -> None:
     provider = provider_for(harness, emulator)
-    if not provider.splits_results:
-        # An upstream that does not split results reads them in one Fetch: no pieces, no ranges
-        assert provider.pieces(harness.unknown_task_id, {}) is None
-        with pytest.raises(TypeError), provider.fetch(harness.unknown_task_id, {}, "jsonl", pieces=range(1)):
-            pass
-        return
-    # Given a finished result split into pieces of 2 rows
-    harness.split_results(emulator, 2)
+    if provider.splits_results:
+        harness.split_results(emulator, 2)  # pieces of 2 rows
     expected = harness.expected_rows(emulator)
     upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
     state = poll_until_finished(provider, upstream_id, state)
-    # When its pieces are counted, and read as three ranges (the first, the middle, the last)
-    pieces = provider.pieces(upstream_id, state)
+    # When the whole result is opened, its pieces are known before a row is read
+    with provider.fetch(upstream_id, state, output_format) as whole:  # type: ignore[arg-type]
+        pieces = whole.pieces
+    if not provider.splits_results:
+        # An upstream that does not split results reads them in one Fetch: no pieces, no ranges
+        assert pieces is None
+        with pytest.raises(TypeError), provider.fetch(upstream_id, state, "jsonl", pieces=range(1)):
+            pass
+        return
     assert pieces is not None
     count = len(pieces)
     assert count >= 3
     assert sum(piece.rows or 0 for piece in pieces) == len(expected)
+    # and read as three ranges (the first piece, the middle ones, the last)
     ranges = [range(1), range(1, count - 1), range(count - 1, count)]
     read: list[Any] = []
     for wanted in ranges:

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from query_relay import workflow
+from query_relay_local.api_server import LocalApiServer
 from query_relay_local.emulators.databricks import DatabricksEmulator
 from query_relay_local.emulators.snowflake import SnowflakeEmulator
 from query_relay_local.stack import LocalStack
@@ -289,3 +291,36 @@ def test_a_branch_the_upstream_fails_for_a_while_is_retried_alone_and_the_job_la
         assert landed_rows(stack, manifest, snowflake.native_rows) == snowflake.expected_rows(
             snowflake.NUMBERS
         )
+
+
+def test_the_api_shows_how_far_a_parallel_fetch_is(snowflake_emulator: SnowflakeEmulator) -> None:
+    # Given the last ten partitions answering a second late, fetched 2 at a time
+    snowflake_emulator.fail_next(
+        "partition",
+        delay_seconds=1,
+        times=10,
+        when=lambda request: int(request.args.get("partition", "0")) >= 30,
+    )
+    with (
+        snowflake_stack(snowflake_emulator, max_parallel_fetch=2) as stack,
+        LocalApiServer(stack) as server,
+        httpx.Client(base_url=server.base_url, timeout=30) as api,
+    ):
+        running = stack.start_job(snowflake.job(snowflake.NUMBERS, job_id="watched"))
+        # When the job is looked at while its branches land
+        deadline, seen = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            view = api.get("/queries/watched").raise_for_status().json()
+            if view["status"] != "RUNNING":
+                break
+            if view.get("parallel_fetch"):
+                seen.append(view["parallel_fetch"])
+            time.sleep(0.2)
+        # Then it said how many branches there are and how many had landed, growing to the end
+        assert stack.wait(running, timeout=60)["status"] == "SUCCEEDED"
+        assert seen
+        assert {progress["branches"] for progress in seen} == {40}
+        landed = [progress["branches_landed"] for progress in seen]
+        assert landed == sorted(landed)
+        assert any(0 < count < 40 for count in landed)  # seen midway
+        assert api.get("/queries/watched").json().get("parallel_fetch") is None  # done: the manifest says

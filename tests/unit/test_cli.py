@@ -373,3 +373,32 @@ def test_progress_says_when_a_job_waits_for_a_slot_and_when_it_continues_as_a_ne
     assert ended is None
     progress.describe(_exited("Fetch", {"status": "DONE"}))
     assert progress.describe(succeeded) == "done"
+
+
+def test_progress_follows_a_parallel_fetch_branch_by_branch() -> None:
+    progress = cli.Progress(io.StringIO())
+    branches = [{"index": n, "first": n, "end": n + 1} for n in range(3)]
+    plan = {"branches": branches, "max_parallel": 2}
+    split = progress.describe(_exited("Fetch", {"status": "SPLIT", "fetch_plan": plan}))
+    branch: Any = {
+        "type": "TaskStateExited",
+        "stateExitedEventDetails": {
+            "name": "FetchBranch",
+            "output": json.dumps({"job": {"status": "SPLIT", "fetch_plan": plan}, "branch": branches[2]}),
+        },
+    }
+    going_on: Any = {
+        "type": "TaskStateExited",
+        "stateExitedEventDetails": {
+            "name": "FetchBranch",
+            "output": json.dumps({"job": {"status": "FETCHING"}, "branch": branches[0]}),
+        },
+    }
+    assert split == "result split into 3 branches: fetching 2 at a time (a Map state, a Fetch per branch)"
+    assert (
+        progress.describe(going_on)
+        == "branch 0: stopped after a whole part before its time ran out, going on"
+    )
+    assert progress.describe(branch) == "branch 2 landed (1 of 3)"
+    written = progress.describe(_exited("WriteManifest", {"status": "DONE", "result": {"row_count": 9}}))
+    assert written == "manifest written: 9 rows"

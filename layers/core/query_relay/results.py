@@ -63,6 +63,7 @@ _ENCODE_BATCH_BYTES = 128 * 1024
 _GZIP_LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip container; mtime 0, so a re-run stores identical bytes
 _S3_DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
+_RECORD_READERS = 8  # a parallel fetch's branch records read at once by its manifest step
 
 _CONTENT_TYPES = {
     "jsonl": "application/x-ndjson",
@@ -179,15 +180,14 @@ class ResultWriter:
         context = contextvars.copy_context()
         if isinstance(result, NativeResult):
             result = dataclasses.replace(result, chunks=_InContext(result.chunks, context))
-        else:
-            result = dataclasses.replace(result, rows=_InContext(result.rows, context))
-        return self._write(prefix, result, output, landed=landed, stop=stop, branch=branch)
+        return self._write(prefix, result, output, context, landed=landed, stop=stop, branch=branch)
 
     def _write(
         self,
         prefix: str,
         result: FetchedResult,
         output: OutputSpec,
+        context: contextvars.Context,
         *,
         landed: Landed | None,
         stop: Callable[[], bool] | None,
@@ -223,7 +223,7 @@ class ResultWriter:
             # part count (measured: +113 MB for 20 parts of 8 MiB, against +55 MB for one part).
             with create_transfer_manager(self._s3, self._transfer_config) as transfer:
                 objects, finished = self._write_tabular(
-                    name, result, output, transfer, landed=landed, stop=stop
+                    name, result, output, transfer, context, landed=landed, stop=stop
                 )
             columns, row_count = result.columns, sum(entry.rows for entry in objects)
         if not finished:
@@ -265,17 +265,17 @@ class ResultWriter:
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
 
     def branches(self, prefix: str, count: int) -> list[BranchLanded | None]:
-        """What branches 0 .. count-1 landed, in order (None for a branch that left no record)."""
-        found: list[BranchLanded | None] = []
-        for index in range(count):
-            key = prefix + _branch_record_name(index)
-            try:
-                body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
-            except self._s3.exceptions.NoSuchKey:
-                found.append(None)
-                continue
-            found.append(BranchLanded.model_validate_json(body))
-        return found
+        """What branches 0 .. count-1 landed, in order (None for a branch that left no record);
+        read a few at a time (a hundred one after the other would take seconds on S3)."""
+        with ThreadPoolExecutor(max_workers=_RECORD_READERS) as pool:
+            return list(pool.map(lambda index: self._branch(prefix, index), range(count)))
+
+    def _branch(self, prefix: str, index: int) -> BranchLanded | None:
+        try:
+            body = self._s3.get_object(Bucket=self._bucket, Key=prefix + _branch_record_name(index))["Body"]
+        except self._s3.exceptions.NoSuchKey:
+            return None
+        return BranchLanded.model_validate_json(body.read())
 
     def finish_split(self, prefix: str, objects: list[ObjectEntry]) -> None:
         """Once the manifest lists ``objects``: everything else under ``prefix`` goes (the branches'
@@ -315,6 +315,7 @@ class ResultWriter:
         result: TabularResult,
         output: OutputSpec,
         transfer: TransferManager,
+        context: contextvars.Context,
         *,
         landed: Landed | None,
         stop: Callable[[], bool] | None,
@@ -325,7 +326,7 @@ class ResultWriter:
         encoder: _RowEncoder = (
             _CsvEncoder(result.columns) if output.format == "csv" else _JsonLinesEncoder(result.columns)
         )
-        rows = _RowSource(result.rows)
+        rows = _RowSource(result.rows, context)
         objects: list[ObjectEntry] = []
         if landed is not None:
             objects += landed.objects
@@ -564,20 +565,25 @@ def _object_entry(key: str, rows: int, stream: _PartStream) -> ObjectEntry:
 class _RowSource:
     """A provider's rows, taken a batch at a time; rows taken but not written (those after the row
     that filled a part) are put back for the next part. The provider's iterator is never closed
-    here: a streamed answer must outlive the part that dropped its batches."""
+    here: a streamed answer must outlive the part that dropped its batches. Every batch is read
+    inside ``context``, whichever thread takes it (see _InContext: one ``run`` a batch, not a row)."""
 
-    def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
+    def __init__(self, rows: Iterable[Sequence[Any]], context: contextvars.Context | None = None) -> None:
         self._rows = iter(rows)
         self._put_back: list[Sequence[Any]] = []
+        self._context = context or contextvars.copy_context()
+
+    def _read(self, count: int) -> list[Sequence[Any]]:
+        return self._context.run(list, islice(self._rows, count))
 
     def take(self, count: int) -> list[Sequence[Any]]:
         """Up to ``count`` rows (fewer only at the end)."""
         if self._put_back:
             batch, self._put_back = self._put_back[:count], self._put_back[count:]
             if len(batch) < count:
-                batch += islice(self._rows, count - len(batch))
+                batch += self._read(count - len(batch))
             return batch
-        return list(islice(self._rows, count))
+        return self._read(count)
 
     def skip(self, count: int) -> int:
         """Drop the next ``count`` rows (those an earlier Fetch landed); how many there were."""
@@ -592,7 +598,7 @@ class _RowSource:
     def exhausted(self) -> bool:
         if self._put_back:
             return False
-        self._put_back = list(islice(self._rows, 1))
+        self._put_back = self._read(1)
         return not self._put_back
 
 
@@ -938,7 +944,8 @@ class _PartStream(io.RawIOBase):
 
 
 class _InContext[T]:
-    """``items``, each produced inside ``context`` whichever thread asks for it.
+    """``items``, each produced inside ``context`` whichever thread asks for it (a native
+    result's chunks; rows are read a batch at a time by ``_RowSource`` the same way).
 
     s3transfer reads a part's stream in its own threads, one part in one and the next in another,
     and our own code reads on between parts; a provider's generator opens and closes its

@@ -507,9 +507,9 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
         seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
     )
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
-        if cursor is None and (plan := _fetch_plan(provider, job)) is not None:
-            return _split(spec, job, plan)
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
+            if cursor is None and (plan := _fetch_plan(provider, result)) is not None:
+                return _split(spec, job, plan)  # no row read: the branches read them
             job.result = _land(spec, job, result, budget, execution_arn=event.get("execution_arn"))
         if job.result is None:
             return job.model_dump(mode="json")
@@ -520,21 +520,20 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
     return job.model_dump(mode="json")
 
 
-def _fetch_plan(provider: Provider[Any, Any], job: JobState) -> FetchPlan | None:
+def _fetch_plan(provider: Provider[Any, Any], result: FetchedResult) -> FetchPlan | None:
     """The branches of a parallel fetch, for a result the upstream split into enough pieces."""
-    if not provider.splits_results or provider.connection.max_parallel_fetch < 2 or job.upstream_id is None:
+    if result.pieces is None or provider.connection.max_parallel_fetch < 2:
         return None
-    pieces = provider.pieces(job.upstream_id, job.provider_state)
     settings = get_settings()
     plan = plan_fetch(
-        pieces,
+        result.pieces,
         max_parallel=provider.connection.max_parallel_fetch,
         min_bytes=settings.fetch_branch_min_bytes,
         most=fetch_branches_allowed(settings.history_event_limit),
     )
     logger.info(
         "result pieces counted",
-        extra={"pieces": len(pieces or ()), "branches": 0 if plan is None else len(plan.branches)},
+        extra={"pieces": len(result.pieces), "branches": 0 if plan is None else len(plan.branches)},
     )
     return plan
 

@@ -146,6 +146,11 @@ def describe_job(job_id: str) -> JobView:
             "polls": job.polls,
             "waiting_for_slot": status == "RUNNING" and job.status == "QUEUED",
         }
+        if status == "RUNNING" and job.status == "SPLIT" and job.fetch_plan is not None:
+            view["parallel_fetch"] = {
+                "branches": len(job.fetch_plan.branches),
+                "branches_landed": _branches_landed(described["executionArn"]),
+            }
     output = json.loads(described.get("output") or "{}") if status == "SUCCEEDED" else {}
     if "manifest_key" in output:  # a schedule's launcher run succeeds without a result of its own
         manifest = read_manifest(output["bucket"], output["manifest_key"])
@@ -348,6 +353,17 @@ def _last_job_state(arn: str) -> JobState | None:
         except (KeyError, TypeError, ValidationError):
             continue  # Submit failed (caught): no $.job yet at this point
     return _job_state_carried_in(arn)
+
+
+def _branches_landed(arn: str) -> int:
+    """How many iterations of the running parallel fetch's Map have succeeded: counted back from
+    the newest event to the Map's start (at most about ten events a branch)."""
+    landed = 0
+    for event in _history_newest_first(arn):
+        if event["type"] == "MapStateEntered":
+            break
+        landed += event["type"] == "MapIterationSucceeded"
+    return landed
 
 
 def _job_state_carried_in(arn: str) -> JobState | None:

@@ -59,6 +59,11 @@ class Downloads(ResponseModel):
     objects: list[Download]
 
 
+class ParallelFetchProgress(ResponseModel):
+    branches: int = Field(description="branches the result was split into (runs of its partitions or chunks)")
+    branches_landed: int = Field(description="branches whose parts have landed so far")
+
+
 class JobView(ResponseModel):
     job_id: str
     status: ExecutionStatus
@@ -73,6 +78,11 @@ class JobView(ResponseModel):
         default=False,
         description="RUNNING, but every max_concurrent slot of its connection is taken (nothing sent "
         "upstream yet)",
+    )
+    parallel_fetch: ParallelFetchProgress | None = Field(
+        default=None,
+        description="RUNNING, and its result is being fetched in parallel (a Snowflake or Databricks "
+        "result split into branches): how far the branches are",
     )
     error: str | None = None
     cause: str | None = None

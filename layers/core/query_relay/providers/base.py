@@ -49,6 +49,16 @@ def _whole() -> bool:
 _WIDTH_CHECK_ROWS = 128  # few enough that holding them costs little memory (a Veza node is KiBs)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a finished result that the upstream serves on its own (a Snowflake partition, a
+    Databricks chunk): the rows it holds and its size, where the upstream says them. Pieces are
+    numbered from 0 in result order; ``Provider.fetch`` can read any contiguous range of them."""
+
+    rows: int | None = None
+    bytes: int | None = None
+
+
 @dataclass
 class TabularResult:
     """Rows in column order; ``columns`` is known before the first row is read."""
@@ -58,6 +68,9 @@ class TabularResult:
     # True when the upstream said the answer is partial (and the spec allowed it); final once
     # ``rows`` are exhausted.
     partial: Callable[[], bool] = _whole
+    # The pieces the whole result is split into, from an upstream that splits results (known
+    # before a row is read: a Fetch may hand them to a parallel fetch instead of reading them).
+    pieces: list[Piece] | None = None
 
 
 @dataclass
@@ -70,6 +83,7 @@ class NativeResult:
     columns: list[Column] = field(default_factory=list)
     counted: Callable[[], int] = _none_counted
     partial: Callable[[], bool] = _whole
+    pieces: list[Piece] | None = None
 
     @property
     def row_count(self) -> int:
@@ -77,16 +91,6 @@ class NativeResult:
 
 
 FetchedResult = TabularResult | NativeResult
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One piece of a finished result that the upstream serves on its own (a Snowflake partition, a
-    Databricks chunk): the rows it holds and its size, where the upstream says them. Pieces are
-    numbered from 0 in result order; ``Provider.fetch`` can read any contiguous range of them."""
-
-    rows: int | None = None
-    bytes: int | None = None
 
 
 class ProviderState(BaseModel):
@@ -163,7 +167,8 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     # The ``auth.token_type`` values a bearer connection may name (none: the field is refused).
     bearer_token_types: ClassVar[frozenset[str]] = frozenset()
     # True when the upstream splits a finished result into pieces read on their own (partitions,
-    # chunks): ``pieces`` lists them and ``fetch`` reads a range of them (a parallel fetch's branch).
+    # chunks): its results list them (``pieces``) and ``fetch`` reads a range of them (a parallel
+    # fetch's branch).
     splits_results: ClassVar[bool] = False
 
     @classmethod
@@ -266,7 +271,8 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
         pieces: range | None = None,
     ) -> Iterator[FetchedResult]:
         """Open the finished task's result as a stream (rows, or native bytes): all of it, or only
-        the ``pieces`` (a range of those ``pieces()`` lists) of an upstream that splits results."""
+        the ``pieces`` (a range of those the whole result's ``pieces`` lists) of an upstream that
+        splits results."""
         if pieces is not None and not self.splits_results:
             raise TypeError(f"{self.name} results are not split into pieces")
         with self._scrubbing():
@@ -277,14 +283,6 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
                 opened = self._fetch_pieces(upstream_id, typed, output_format, pieces)
             with opened as result:
                 yield self._scrubbed_result(result)
-
-    def pieces(self, upstream_id: str, state: dict[str, Any]) -> list[Piece] | None:
-        """The pieces the finished task's result is split into, in order; None when this upstream
-        does not split results (its result is read by one Fetch)."""
-        if not self.splits_results:
-            return None
-        with self._scrubbing():
-            return self._pieces(upstream_id, self._state(state))
 
     def cancel(self, upstream_id: str, state: dict[str, Any]) -> bool:
         """Stop the task (or drop its stored result). True when the upstream acknowledged it;
@@ -348,10 +346,8 @@ class Provider[Q: BaseModel, S: ProviderState](abc.ABC):
     @abc.abstractmethod
     def _cancel(self, upstream_id: str, state: S) -> bool: ...
 
-    # An upstream that splits results (``splits_results``) implements these two.
-
-    def _pieces(self, upstream_id: str, state: S) -> list[Piece]:
-        raise NotImplementedError
+    # An upstream that splits results (``splits_results``) implements this, and sets its whole
+    # results' ``pieces``.
 
     def _fetch_pieces(
         self, upstream_id: str, state: S, output_format: OutputFormat, pieces: range

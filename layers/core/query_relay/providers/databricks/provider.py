@@ -171,11 +171,6 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
         with self._read(upstream_id, state, output_format, pieces) as result:
             yield result
 
-    def _pieces(self, upstream_id: str, state: DatabricksState) -> list[base.Piece]:
-        """The chunks, by the manifest (a truncated result fails here unless the job allows it)."""
-        manifest, _ = self._finished_result(upstream_id, state)
-        return manifest.pieces()
-
     @contextmanager
     def _read(
         self, upstream_id: str, state: DatabricksState, output_format: OutputFormat, pieces: range | None
@@ -203,10 +198,11 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
                 columns=columns,
                 counted=lambda: tally.rows,
                 partial=partial,
+                pieces=manifest.pieces(),
             )
         else:
             rows = answer.typed_rows(manifest, self.http.where("databricks fetch"))(self._rows(chunks))
-            yield base.TabularResult(columns=columns, rows=rows, partial=partial)
+            yield base.TabularResult(columns=columns, rows=rows, partial=partial, pieces=manifest.pieces())
 
     def _finished_result(
         self, statement: str, state: DatabricksState

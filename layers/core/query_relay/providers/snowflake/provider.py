@@ -147,11 +147,6 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
         with self._read(upstream_id, output_format, pieces) as result:
             yield result
 
-    def _pieces(self, upstream_id: str, state: base.ProviderState) -> list[base.Piece]:
-        """The partitions, by the ResultSet's ``partitionInfo`` (partition 0's rows are left unread)."""
-        with self._result_set(upstream_id, keep_rows=False) as (_, found):
-            return answer.pieces(found)
-
     @contextmanager
     def _read(
         self, upstream_id: str, output_format: OutputFormat, pieces: range | None
@@ -171,11 +166,16 @@ class SnowflakeProvider(base.Provider[SnowflakeQuery, base.ProviderState]):
             if output_format == "native":
                 chunks = self._native_chunks(pages, partitions, tally)
                 yield base.NativeResult(
-                    chunks=chunks, extension="jsonl", columns=columns, counted=lambda: tally.rows
+                    chunks=chunks,
+                    extension="jsonl",
+                    columns=columns,
+                    counted=lambda: tally.rows,
+                    pieces=answer.pieces(found),
                 )
             else:
                 typed = answer.typed_rows(found, self.http.where("snowflake fetch"))
-                yield base.TabularResult(columns=columns, rows=typed(self._rows(pages, partitions, tally)))
+                rows = typed(self._rows(pages, partitions, tally))
+                yield base.TabularResult(columns=columns, rows=rows, pieces=answer.pieces(found))
 
     @contextmanager
     def _result_set(self, statement: str, *, keep_rows: bool) -> Iterator[tuple[Answer, answer.Metadata]]:
