@@ -199,7 +199,7 @@ UPSTREAMS: dict[str, Upstream] = {
         },
         demo_jobs=(
             DemoJob(
-                "A statement with a named parameter, polled, its 5 chunks fetched in parallel from external links",
+                "A named parameter, polled, 5 chunks fetched in parallel from external links",
                 {
                     "query": {
                         "statement": "SELECT n, square, label FROM numbers WHERE n <= :last ORDER BY n",
