@@ -20,8 +20,9 @@ from query_relay.limits import (
     json_size,
 )
 from query_relay.models import MAX_PROBLEMS_DESCRIBED, parse_job_spec
+from query_relay.parallel import MAX_FETCH_BRANCHES, MAX_PARALLEL_FETCH
 from query_relay.providers import looker, veza
-from query_relay.state import Failure, JobState, ResultPointer
+from query_relay.state import Failure, FetchBranch, FetchPlan, JobState, ResultPointer
 
 LONGEST_NAME = "n" * 80  # job ids and execution names
 LONGEST_CONNECTION = "c" * 128
@@ -66,6 +67,14 @@ def largest_job_state() -> dict[str, Any]:
         continuations=10**6,
         continue_as_new=True,
         next_execution=LONGEST_NAME,
+        # A parallel fetch's plan at its most branches, over a result of a million pieces.
+        fetch_plan=FetchPlan(
+            branches=[
+                FetchBranch(index=index, first=10**6 - 1 - index, end=10**6 - index)
+                for index in range(MAX_FETCH_BRANCHES)
+            ],
+            max_parallel=MAX_PARALLEL_FETCH,
+        ),
     )
     return job.model_dump(mode="json")
 

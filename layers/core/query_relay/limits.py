@@ -14,7 +14,9 @@ failure, side by side. Each part that could grow is bounded here, before anythin
 - the spec: ``check_spec_fits`` (API, CLI and Submit refuse a bigger one, naming ``query``, the
   only field without a bound of its own);
 - the job state: its only open part is the provider's state, which each provider keeps under
-  ``PROVIDER_STATE_MAX_BYTES`` before it submits (Veza's query spec, Looker's field names);
+  ``PROVIDER_STATE_MAX_BYTES`` before it submits (Veza's query spec, Looker's field names); a
+  parallel fetch's plan holds at most ``parallel.MAX_FETCH_BRANCHES`` branches (a few KB), and
+  its branches keep the parts they land in S3, not in the state;
 - the caught error and the failure: messages are cut at ``ERROR_MESSAGE_MAX_CHARS``
   (``query_relay.exceptions.cut_message``: every named error, and the cause Cleanup reports).
 
