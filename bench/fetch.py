@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -207,22 +207,26 @@ def serve_answer(answer_path: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def fast_upstream(answer_path: Path) -> Iterator[str]:
+def serving_process(serve: Callable[[str, int], None], path: Path, name: str) -> Iterator[str]:
+    """``serve(path, port)`` in a process of its own (its CPU counted as ``name``); its base URL
+    once it listens (which it does only once its answers are in memory)."""
     port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve_answer, args=(str(answer_path), port), daemon=True
-    )
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(str(path), port), daemon=True)
     server.start()
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_up(url)  # it listens only once the answer is in memory
+        _wait_until_up(url)
         if server.pid is not None:
-            SERVER_PIDS["fast source"] = server.pid
+            SERVER_PIDS[name] = server.pid
         yield url
     finally:
-        SERVER_PIDS.pop("fast source", None)
+        SERVER_PIDS.pop(name, None)
         server.terminate()
         server.join(timeout=10)
+
+
+def fast_upstream(answer_path: Path) -> contextlib.AbstractContextManager[str]:
+    return serving_process(serve_answer, answer_path, "fast source")
 
 
 # --- upstream tasks and the baselines --------------------------------------------------------------

@@ -91,11 +91,10 @@ from bench.fetch import (
     _cpu_seconds,
     _empty_bucket,
     _fetch_environment,
-    _free_port,
     _mb_per_s,
     _OneWayReader,
-    _wait_until_up,
     moto_s3,
+    serving_process,
 )
 
 if TYPE_CHECKING:
@@ -314,21 +313,8 @@ def fast_source(workdir: Path, statements: list[Statement]) -> Iterator[str]:
     }
     index_path = workdir / "index.json"
     index_path.write_text(json.dumps(index))
-    port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve_statements, args=(str(index_path), port), daemon=True
-    )
-    server.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until_up(url)  # it listens only once the answers are in memory
-        if server.pid is not None:
-            SERVER_PIDS["source"] = server.pid
+    with serving_process(serve_statements, index_path, "source") as url:
         yield url
-    finally:
-        SERVER_PIDS.pop("source", None)
-        server.terminate()
-        server.join(timeout=10)
 
 
 # --- what a measurement reports --------------------------------------------------------------------
