@@ -418,11 +418,18 @@ def _serve_command(args: argparse.Namespace) -> int:
         else {}
     )
     from query_relay_local.api_server import serve_forever  # noqa: PLC0415 - moto loads slowly
+    from query_relay_local.scheduler import Firing, LocalScheduler  # noqa: PLC0415
     from query_relay_local.stack import LocalStack  # noqa: PLC0415
 
-    with LocalStack(echo_logs=_echo(args.verbose)) as stack:
+    def fired(firing: Firing) -> None:
+        when = f"{firing.scheduled_time:%Y-%m-%dT%H:%M:%SZ}"
+        outcome = "started" if firing.error is None else f"not started ({firing.error})"
+        print(f"schedule {firing.schedule}: its {when} run {outcome}", flush=True)
+
+    with LocalStack(echo_logs=_echo(args.verbose)) as stack, LocalScheduler(stack, on_fire=fired):
         stack.load_connections(documents)
         print(f"connections: {', '.join(sorted(documents)) or 'none'}", flush=True)
+        print("schedules fire as EventBridge Scheduler fires them (cron, rate, at; time zones)", flush=True)
         serve_forever(stack, args.host, args.port)
     return EXIT_SUCCEEDED
 
