@@ -51,6 +51,13 @@ def get_schedule(name: str) -> models.ScheduleView:
     return schedules.get_schedule(name)
 
 
+@app.post("/schedules/<name>/runs")
+def backfill_schedule(
+    name: str, request: models.BackfillRequest
+) -> tuple[models.BackfillAccepted, HTTPStatus]:
+    return schedules.backfill(name, request), HTTPStatus.ACCEPTED
+
+
 @app.delete("/schedules/<name>")
 def delete_schedule(name: str) -> models.ScheduleView:
     return schedules.delete_schedule(name)

@@ -17,13 +17,18 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
+from urllib.parse import quote
+
+import httpx
 
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 from query_relay.limits import check_spec_fits
 from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
 from query_relay.providers import validate_job
+from query_relay.windows import resolved_query
 from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
 
 if TYPE_CHECKING:
@@ -107,6 +112,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--verbose", action="store_true", help="also show what the functions log")
     serve.set_defaults(command=_serve_command)
 
+    backfill = commands.add_parser(
+        "backfill", help="run a schedule for past times, through the HTTP API (POST /schedules/NAME/runs)"
+    )
+    backfill.add_argument("name", metavar="NAME", help="the schedule")
+    when = backfill.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--at", metavar="TIME", help="one past run's scheduled time (ISO 8601, e.g. 2026-11-25T01:00:00Z)"
+    )
+    when.add_argument("--from", dest="start", metavar="TIME", help="the first time of a range (with --to)")
+    backfill.add_argument("--to", dest="end", metavar="TIME", help="the last time of a range (included)")
+    backfill.add_argument(
+        "--api",
+        default="http://127.0.0.1:8080",
+        metavar="URL",
+        help="the API: query-relay serve's (default http://127.0.0.1:8080), or the deployed stage's "
+        "(https://<id>.execute-api.<region>.amazonaws.com/v1; signed with your AWS credentials)",
+    )
+    backfill.set_defaults(command=_backfill_command)
+
     demo = commands.add_parser("demo", help="run sample jobs against the emulators and show the results")
     demo.add_argument(
         "--out", type=Path, default=Path("out"), metavar="DIR", help="where results land (./out)"
@@ -189,7 +213,7 @@ def load_job(spec_path: Path, connections_path: Path | None) -> Job:
         )
     document, connection = connections[spec.connection]
     try:
-        validate_job(spec.connection, connection, spec.query)
+        validate_job(spec.connection, connection, resolved_query(spec))
     except (InvalidJobSpec, InvalidConnection) as error:
         raise UsageError(f"{spec_path}: {error}") from None
     return Job(spec_document, spec, spec.connection, document, connection)
@@ -432,6 +456,54 @@ def _serve_command(args: argparse.Namespace) -> int:
         print("schedules fire as EventBridge Scheduler fires them (cron, rate, at; time zones)", flush=True)
         serve_forever(stack, args.host, args.port)
     return EXIT_SUCCEEDED
+
+
+# --- backfill --------------------------------------------------------------------------------------
+
+
+def _backfill_command(args: argparse.Namespace) -> int:
+    if (args.start is None) != (args.end is None):
+        raise UsageError("backfill: --from and --to go together")
+    body = {"scheduled_time": args.at} if args.at else {"from": args.start, "to": args.end}
+    url = f"{args.api.rstrip('/')}/schedules/{quote(args.name, safe='')}/runs"
+    request = httpx.Request("POST", url, json=body)
+    if ".execute-api." in request.url.host:
+        request = signed(request)
+    try:
+        with httpx.Client(timeout=60) as client:
+            response = client.send(request)
+    except httpx.HTTPError as error:
+        raise UsageError(f"backfill: the API at {args.api} did not answer ({type(error).__name__})") from None
+    if response.status_code == HTTPStatus.BAD_REQUEST:
+        raise UsageError(f"backfill: {response.json().get('message', response.text)}")
+    if response.status_code != HTTPStatus.ACCEPTED:
+        print(f"query-relay: backfill: HTTP {response.status_code}: {response.text[:500]}", file=sys.stderr)
+        return EXIT_FAILED
+    for run in response.json()["runs"]:
+        state = "started" if run["started"] else "exists already: not started again"
+        print(f"{run['job_id']}  {run['scheduled_time']}  {state}")
+    return EXIT_SUCCEEDED
+
+
+def signed(request: httpx.Request) -> httpx.Request:
+    """The request signed with SigV4 for API Gateway (execute-api), with the default credentials
+    and the Region in the API's host name (IAM auth: README "HTTP API")."""
+    import boto3  # noqa: PLC0415 - only for a deployed API
+    from botocore.auth import SigV4Auth  # noqa: PLC0415
+    from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        raise UsageError("backfill: no AWS credentials to sign the request with")
+    region = request.url.host.split(".")[2]
+    headers = {"Content-Type": request.headers["Content-Type"]}
+    aws_request = AWSRequest(
+        method=request.method, url=str(request.url), data=request.content, headers=headers
+    )
+    SigV4Auth(credentials, "execute-api", region).add_auth(aws_request)
+    return httpx.Request(
+        request.method, request.url, content=request.content, headers=dict(aws_request.headers)
+    )
 
 
 # --- demo ------------------------------------------------------------------------------------------

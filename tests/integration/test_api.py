@@ -374,6 +374,7 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
         ("/schedules", "get"),
         ("/schedules/{name}", "get"),
         ("/schedules/{name}", "delete"),
+        ("/schedules/{name}/runs", "post"),
     }
     schemas = document["components"]["schemas"]
     assert {"JobSpec", "JobAccepted", "JobView", "JobPage", "ScheduleRequest", "ScheduleView"} <= set(schemas)

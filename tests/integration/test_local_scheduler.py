@@ -4,6 +4,10 @@ run lands as the job ``<schedule>-<scheduled time>``."""
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +19,7 @@ from query_relay_local.api_server import LocalApiServer
 from query_relay_local.scheduler import LocalScheduler
 from query_relay_local.stack import LocalStack
 
+from .landed import read_object
 from .test_api import nightly
 
 
@@ -65,6 +70,13 @@ def test_a_rate_schedule_fires_from_its_creation_and_a_disabled_schedule_not_at_
     assert scheduler.fire_due(created + timedelta(minutes=30)) == []
 
 
+def landed_csv(stack: LocalStack, job_id: str) -> list[dict[str, str]]:
+    output = json.loads(stack.sfn.describe_execution(executionArn=stack.execution_arn(job_id))["output"])
+    manifest = json.loads(read_object(stack, output["manifest_key"]))
+    text = gzip.decompress(read_object(stack, manifest["objects"][0]["key"])).decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
 def disabled(stack: LocalStack, name: str) -> dict[str, Any]:
     """The schedule as it is, but DISABLED: UpdateSchedule replaces every field it is given."""
     group = stack.function_environment["SCHEDULE_GROUP"]
@@ -78,3 +90,50 @@ def disabled(stack: LocalStack, name: str) -> dict[str, Any]:
         "FlexibleTimeWindow",
     )
     return {key: current[key] for key in keep if key in current} | {"State": "DISABLED"}
+
+
+WINDOWED_QUERY = {
+    "query": "FROM employees | EVAL since = ?since, until = ?until, at = ?at | KEEP since, until, at "
+    "| LIMIT 1",
+    "params": [{"since": "{{window_start}}"}, {"until": "{{window_end}}"}, {"at": "{{scheduled_time}}"}],
+}
+
+
+def test_each_run_of_a_windowed_schedule_queries_its_own_window(api: httpx.Client, stack: LocalStack) -> None:
+    # Given a 02:00 Paris schedule whose query takes its run's window as named params
+    windowed = nightly(name="windowed")
+    windowed["spec"] |= {"query": WINDOWED_QUERY, "output": {"format": "csv", "compression": "gzip"}}
+    assert api.post("/schedules", json=windowed).status_code == 201, api.get("/schedules/windowed").text
+    # When it fires on two nights
+    scheduler = LocalScheduler(stack, clock=lambda: utc("2026-12-04T00:00:00"))
+    fired = scheduler.fire_due(utc("2026-12-05T02:00:00"))
+    assert [firing.scheduled_time for firing in fired] == [
+        utc("2026-12-04T01:00:00"),
+        utc("2026-12-05T01:00:00"),
+    ]
+    # Then each run landed the window from the run before it to its own time
+    assert [stack.wait(firing.execution_arn or "")["status"] for firing in fired] == ["SUCCEEDED"] * 2
+    for day in ("2026-12-04", "2026-12-05"):
+        job_id = f"windowed-{day}T010000Z"
+        assert stack.wait(stack.execution_arn(job_id))["status"] == "SUCCEEDED"
+        rows = landed_csv(stack, job_id)
+        previous = (utc(f"{day}T01:00:00") - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert rows == [{"since": previous, "until": f"{day}T01:00:00Z", "at": f"{day}T01:00:00Z"}]
+
+
+def test_a_schedule_or_job_with_a_misplaced_placeholder_is_refused_naming_it(api: httpx.Client) -> None:
+    spliced = nightly(name="spliced")
+    spliced["spec"]["query"] = {"query": 'FROM employees | WHERE hire_date > "{{window_start}}"'}
+    refused = api.post("/schedules", json=spliced)
+    assert refused.status_code == 400
+    assert "query.query holds a placeholder among other text" in refused.text
+    one_time = nightly(name="once", expression="at(2026-12-24T18:00:00)")
+    one_time["spec"]["query"] = WINDOWED_QUERY
+    refused = api.post("/schedules", json=one_time)
+    assert refused.status_code == 400
+    assert "a one-time schedule has no window" in refused.text
+    # and a job that is no scheduled run cannot give them values
+    job = nightly()["spec"] | {"query": WINDOWED_QUERY}
+    refused = api.post("/queries", json=job)
+    assert refused.status_code == 400
+    assert "query.params[0].since: {{window_start}} has a value only in a schedule's runs" in refused.text

@@ -21,6 +21,7 @@ DESIGN_ROUTES = {
     ("get", "/schedules"),
     ("get", "/schedules/{name}"),
     ("delete", "/schedules/{name}"),
+    ("post", "/schedules/{name}/runs"),
     ("get", "/openapi.json"),
 }
 

@@ -7,7 +7,7 @@ being silently ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -80,12 +81,62 @@ class PollingSpec(StrictModel):
         return self
 
 
+# A schedule's query may hold these as whole string values (query_relay.windows).
+PLACEHOLDERS = ("scheduled_time", "window_start", "window_end")
+PLACEHOLDER_TOKENS = {f"{{{{{name}}}}}": name for name in PLACEHOLDERS}
+
+
+def query_strings(value: Any, path: str = "query") -> Iterator[tuple[str, str]]:
+    """Every string value of a query, with its path (``query.params[0].start``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from query_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from query_strings(item, f"{path}[{index}]")
+
+
+def spliced_placeholders(query: Any) -> list[str]:
+    """The paths of strings that hold a placeholder among other text: it would be spliced into
+    query text, which it never is (only a whole value is replaced)."""
+    return [
+        path
+        for path, value in query_strings(query)
+        if value not in PLACEHOLDER_TOKENS and any(token in value for token in PLACEHOLDER_TOKENS)
+    ]
+
+
+class ScheduledRun(StrictModel):
+    """Which run of which schedule a job is: set by the schedule's target input (Scheduler fills in
+    the scheduled time) or by a backfill; gives the query's placeholders their values."""
+
+    schedule: str = Field(min_length=1, max_length=64)
+    scheduled_time: AwareDatetime = Field(strict=False)  # ISO 8601 text, as Scheduler writes it
+    expression: str = Field(min_length=1, max_length=256)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+
+
 class JobSpec(StrictModel):
     job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
     connection: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     query: dict[str, Any]
     output: OutputSpec = OutputSpec()
     polling: PollingSpec = PollingSpec()
+    scheduled_run: ScheduledRun | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _placeholders_stand_whole(cls, value: dict[str, Any]) -> dict[str, Any]:
+        spliced = spliced_placeholders(value)
+        if spliced:
+            raise ValueError(
+                f"{spliced[0]} holds a placeholder among other text; {{{{scheduled_time}}}}, "
+                "{{window_start}} and {{window_end}} stand only as a whole value (a parameter, a "
+                "binding, a filter value), never inside query text"
+            )
+        return value
 
 
 # --- connections ---------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from query_relay.state import (
 )
 from query_relay.submissions import StartedTask
 from query_relay.upstream.deadline import invocation_ends_within
+from query_relay.windows import resolved_query, run_values
 
 # Keep this much of a Lambda's remaining time free when long-polling an upstream.
 LAMBDA_TIME_MARGIN_SECONDS = 5.0
@@ -138,7 +139,12 @@ def _read(step: SubmitInput) -> _Request:
     job_id = spec.job_id or step.execution
     log_job(job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
-    query = validate_job(spec.connection, connection, spec.query)
+    query = validate_job(spec.connection, connection, resolved_query(spec))
+    if spec.scheduled_run is not None:
+        logger.info(
+            "a scheduled run",
+            extra={"schedule": spec.scheduled_run.schedule, **run_values(spec.scheduled_run, needed=set())},
+        )
     queued, submitted_at = step.queued, _now()
     # The job's clock starts when it first asked for a slot: waiting counts towards its timeout.
     deadline = queued.deadline if queued else submitted_at + timedelta(seconds=spec.polling.timeout_seconds)

@@ -42,6 +42,7 @@ from query_relay.models import JOB_ID_PATTERN, JobSpec, Manifest, parse_job_spec
 from query_relay.observability import log_job, logger
 from query_relay.settings import get_settings
 from query_relay.state import CaughtError, CleanupInput, Failure, JobState
+from query_relay.windows import resolved_query
 
 if TYPE_CHECKING:
     from mypy_boto3_stepfunctions.type_defs import (
@@ -81,7 +82,7 @@ def links_of(job_id: str) -> dict[str, str]:
 
 def validate_job(spec: JobSpec) -> None:
     """What Submit would refuse, refused before anything starts: the connection and the query."""
-    providers.validate_job(spec.connection, load_connection(spec.connection), spec.query)
+    providers.validate_job(spec.connection, load_connection(spec.connection), resolved_query(spec))
 
 
 def start_job(spec: JobSpec) -> JobAccepted:

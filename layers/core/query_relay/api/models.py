@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from query_relay.limits import EXECUTION_NAME_MAX_CHARS, SCHEDULED_RUN_SUFFIX, SCHEDULER_NAME_MAX_CHARS
 from query_relay.models import JobSpec, Manifest, StrictModel
@@ -152,3 +152,46 @@ class ScheduleSummary(ResponseModel):
 class SchedulePage(ResponseModel):
     schedules: list[ScheduleSummary]
     next_token: str | None = None
+
+
+# A backfill starts at most this many runs (one StartExecution each, inside the API's 29 s).
+MAX_BACKFILL_RUNS = 100
+
+
+class BackfillRequest(StrictModel):
+    """Run a schedule for past scheduled times: one (``scheduled_time``) or every one it had from
+    ``from`` to ``to`` (both included)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    scheduled_time: AwareDatetime | None = Field(
+        default=None, strict=False, description="one past run's time"
+    )
+    from_: AwareDatetime | None = Field(
+        default=None, alias="from", strict=False, description="first time of a range"
+    )
+    to: AwareDatetime | None = Field(default=None, strict=False, description="last time of a range")
+
+    @model_validator(mode="after")
+    def _one_time_or_a_range(self) -> BackfillRequest:
+        if (self.scheduled_time is None) == (self.from_ is None and self.to is None):
+            raise ValueError('give "scheduled_time", or "from" and "to"')
+        if self.scheduled_time is None and (self.from_ is None or self.to is None):
+            raise ValueError('a range needs both "from" and "to"')
+        if self.from_ is not None and self.to is not None and self.from_ > self.to:
+            raise ValueError('"from" is after "to"')
+        return self
+
+
+class BackfillRun(ResponseModel):
+    job_id: str
+    scheduled_time: datetime
+    started: bool = Field(
+        description="false: this run exists already (it ran, or runs now) and was not started again"
+    )
+    links: dict[str, str]
+
+
+class BackfillAccepted(ResponseModel):
+    schedule: str
+    runs: list[BackfillRun]

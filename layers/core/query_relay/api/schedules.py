@@ -14,17 +14,23 @@ from __future__ import annotations
 import json
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from query_relay import aws
 from query_relay.api.exceptions import InvalidPageToken, InvalidSchedule, ScheduleConflict, ScheduleNotFound
+from query_relay.api.jobs import links_of as jobs_links_of
 from query_relay.api.jobs import validate_job
 from query_relay.api.models import (
+    MAX_BACKFILL_RUNS,
     SCHEDULE_NAME_PATTERN,
+    BackfillAccepted,
+    BackfillRequest,
+    BackfillRun,
     SchedulePage,
     ScheduleRequest,
     ScheduleSummary,
@@ -35,6 +41,8 @@ from query_relay.exceptions import InvalidJobSpec
 from query_relay.limits import check_spec_fits
 from query_relay.models import parse_job_spec
 from query_relay.observability import logger
+from query_relay.schedule_times import ExpressionError, firings, next_firing
+from query_relay.windows import check_schedule, sample_query
 
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 # A run that cannot start within this time (throttling, an outage) is dropped rather than run late.
@@ -116,17 +124,25 @@ def validate_timezone(name: str) -> None:
 
 
 def schedule_input(request: ScheduleRequest) -> dict[str, Any]:
-    return {
+    """The target's input; each run's spec says which run it is (``scheduled_run``: Scheduler fills
+    in the time there too), which gives its query's placeholders their values."""
+    spec = request.spec.model_dump(mode="json", exclude={"job_id", "scheduled_run"})
+    spec["scheduled_run"] = {
         "schedule": request.name,
         "scheduled_time": SCHEDULED_TIME,
-        "spec": request.spec.model_dump(mode="json", exclude={"job_id"}),
+        "expression": request.expression,
+        "timezone": request.timezone,
     }
+    return {"schedule": request.name, "scheduled_time": SCHEDULED_TIME, "spec": spec}
 
 
 def create_schedule(request: ScheduleRequest) -> ScheduleView:
     validate_expression(request.expression)
     validate_timezone(request.timezone)
-    validate_job(request.spec)
+    # The query as a run will have it: its placeholders replaced by times (query_relay.windows).
+    validate_job(request.spec.model_copy(update={"query": sample_query(request.spec.query)}))
+    if problem := check_schedule(request.spec.query, request.expression):
+        raise InvalidSchedule("spec", problem)
     target_input = schedule_input(request)
     check_spec_fits(target_input["spec"], where="spec.")
     settings = get_control_settings()
@@ -169,7 +185,10 @@ def get_schedule(name: str) -> ScheduleView:
         raise ScheduleNotFound("no schedule has this name") from None
     spec = None
     try:
-        spec = parse_job_spec(json.loads(schedule["Target"].get("Input") or "{}").get("spec"))
+        document = json.loads(schedule["Target"].get("Input") or "{}").get("spec")
+        if isinstance(document, dict):
+            document.pop("scheduled_run", None)  # each run's own, once Scheduler fills in its time
+        spec = parse_job_spec(document)
     except (InvalidJobSpec, ValueError, AttributeError):
         logger.warning("schedule input is not ours", extra={"schedule": name})
     return ScheduleView(
@@ -235,3 +254,82 @@ def _check_name(name: str) -> None:
     answer ValidationException for one outside its own pattern)."""
     if not re.fullmatch(SCHEDULE_NAME_PATTERN, name):
         raise ScheduleNotFound(f"no such schedule: schedule names match {SCHEDULE_NAME_PATTERN}")
+
+
+# --- backfill -------------------------------------------------------------------------------------
+
+
+def backfill(name: str, request: BackfillRequest, *, now: datetime | None = None) -> BackfillAccepted:
+    """Start the runs a schedule had at past times, exactly as Scheduler starts them (the same
+    spec, with its ``scheduled_run``, and the same job id ``<name>-<scheduled time>``): a run that
+    exists already is not started again. Every time must be one the schedule runs at, in the past;
+    at most MAX_BACKFILL_RUNS of them."""
+    _check_name(name)
+    client = aws.scheduler()
+    try:
+        schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
+    except client.exceptions.ResourceNotFoundException:
+        raise ScheduleNotFound("no schedule has this name") from None
+    expression = schedule["ScheduleExpression"]
+    zone = schedule.get("ScheduleExpressionTimezone") or "UTC"
+    anchor = schedule.get("StartDate") or schedule.get("CreationDate")
+    times = _backfill_times(request, expression, zone, anchor, now or datetime.now(UTC))
+    spec = json.loads(schedule["Target"].get("Input") or "{}").get("spec")
+    if not isinstance(spec, dict):
+        raise InvalidSchedule("name", "this schedule's target is not a job spec")
+    sfn = aws.sfn()
+    runs = [_start_run(sfn, name, spec, moment) for moment in times]
+    logger.info(
+        "backfill", extra={"schedule": name, "runs": len(runs), "started": sum(run.started for run in runs)}
+    )
+    return BackfillAccepted(schedule=name, runs=runs)
+
+
+def _backfill_times(
+    request: BackfillRequest, expression: str, zone: str, anchor: datetime | None, now: datetime
+) -> list[datetime]:
+    try:
+        if request.scheduled_time is not None:
+            moment = request.scheduled_time.astimezone(UTC)
+            if next_firing(expression, zone, moment - timedelta(microseconds=1), anchor=anchor) != moment:
+                raise InvalidSchedule(
+                    "scheduled_time", f"{expression} ({zone}) does not run at {_iso(moment)}"
+                )
+            times = [moment]
+        elif request.from_ is not None and request.to is not None:
+            first = request.from_.astimezone(UTC) - timedelta(microseconds=1)
+            times = list(
+                islice(firings(expression, zone, first, request.to, anchor=anchor), MAX_BACKFILL_RUNS + 1)
+            )
+        else:  # pragma: no cover - the request's own validator refuses it
+            raise InvalidSchedule("from", 'give "scheduled_time", or "from" and "to"')
+    except ExpressionError as error:
+        raise InvalidSchedule("expression", str(error)) from None
+    if len(times) > MAX_BACKFILL_RUNS:
+        raise InvalidSchedule(
+            "to", f"the range holds more than {MAX_BACKFILL_RUNS} runs; backfill it in parts"
+        )
+    if not times:
+        raise InvalidSchedule("from", f"{expression} ({zone}) has no run in this range")
+    if times[-1] > now:
+        raise InvalidSchedule("to", f"{_iso(times[-1])} is still to come: a backfill runs past times")
+    return times
+
+
+def _start_run(sfn: Any, name: str, spec: dict[str, Any], moment: datetime) -> BackfillRun:
+    scheduled_time = _iso(moment)
+    job_id = f"{name}-{scheduled_time.replace(':', '')}"  # as the machine's NameScheduledRun names it
+    run_spec = spec | {"scheduled_run": {**spec.get("scheduled_run", {}), "scheduled_time": scheduled_time}}
+    check_spec_fits(run_spec)
+    try:
+        sfn.start_execution(
+            stateMachineArn=get_control_settings().state_machine_arn, name=job_id, input=json.dumps(run_spec)
+        )
+        started = True
+    except sfn.exceptions.ExecutionAlreadyExists:
+        started = False
+    return BackfillRun(job_id=job_id, scheduled_time=moment, started=started, links=jobs_links_of(job_id))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
