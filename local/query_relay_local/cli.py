@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
@@ -541,8 +542,82 @@ def _demo_command(args: argparse.Namespace) -> int:
                 if run_job(stack, Job.of(spec, connection_name, connection), args.out) != EXIT_SUCCEEDED:
                     failures += 1
                 print(flush=True)
+        failures += _demo_schedules(stack, "esql-demo")
     print(f"demo: {failures} job(s) failed" if failures else "demo finished", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_SUCCEEDED
+
+
+# A schedule's query that lands its run's own window as a row (query_relay.windows).
+DEMO_WINDOW_QUERY = {
+    "query": "FROM employees | EVAL since = ?since, until = ?until | KEEP since, until | LIMIT 1",
+    "params": [{"since": "{{window_start}}"}, {"until": "{{window_end}}"}],
+}
+
+
+def _demo_schedules(stack: LocalStack, connection: str) -> int:
+    """Schedules through the HTTP API: a backfill of a per-minute schedule's last three runs, each
+    querying its own window, and an hourly rate schedule fired at once by the local scheduler (as
+    Scheduler runs a rate schedule when it is created). The runs that failed."""
+    from query_relay_local.api_server import LocalApiServer  # noqa: PLC0415
+    from query_relay_local.scheduler import Firing, LocalScheduler  # noqa: PLC0415
+
+    def schedule(name: str, expression: str) -> dict[str, Any]:
+        spec = {"connection": connection, "query": DEMO_WINDOW_QUERY, "output": {"format": "csv"}}
+        return {"name": name, "expression": expression, "timezone": "UTC", "spec": spec}
+
+    print("### Schedules: each run queries its own window\n", flush=True)
+    job_ids: list[str] = []
+    with LocalApiServer(stack) as server, httpx.Client(base_url=server.base_url, timeout=30) as api:
+        print(
+            "== a schedule every minute, cron(* * * * ? *), backfilled over its last three runs", flush=True
+        )
+        api.post("/schedules", json=schedule("demo-every-minute", "cron(* * * * ? *)")).raise_for_status()
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        window = {
+            "from": f"{now - timedelta(minutes=3):%Y-%m-%dT%H:%M:%SZ}",
+            "to": f"{now - timedelta(minutes=1):%Y-%m-%dT%H:%M:%SZ}",
+        }
+        runs = api.post("/schedules/demo-every-minute/runs", json=window).raise_for_status().json()["runs"]
+        job_ids += [run["job_id"] for run in runs]
+        api.delete("/schedules/demo-every-minute").raise_for_status()  # no more runs while the demo goes on
+        failures = _show_runs(stack, job_ids)
+        print(
+            "\n== an hourly schedule, rate(1 hour): the local scheduler fires its first run at once",
+            flush=True,
+        )
+        fired: list[Firing] = []
+        with LocalScheduler(stack, on_fire=fired.append):
+            api.post("/schedules", json=schedule("demo-hourly", "rate(1 hour)")).raise_for_status()
+            deadline = time.monotonic() + 30
+            while not fired and time.monotonic() < deadline:
+                time.sleep(0.2)
+        api.delete("/schedules/demo-hourly").raise_for_status()
+    if not fired:
+        print("the hourly schedule did not fire", file=sys.stderr)
+        return failures + 1
+    when = f"{fired[0].scheduled_time:%Y-%m-%dT%H:%M:%SZ}"
+    print(f"  fired for {when}", flush=True)
+    return failures + _show_runs(stack, [f"demo-hourly-{when.replace(':', '')}"])
+
+
+def _show_runs(stack: LocalStack, job_ids: list[str]) -> int:
+    """Wait for each scheduled run and show the window its query landed; how many failed."""
+    failures = 0
+    for job_id in job_ids:
+        final = stack.wait(stack.execution_arn(job_id), timeout=120)
+        if final["status"] != "SUCCEEDED":
+            print(f"  {job_id}: {final['status']} {final.get('error', '')}", flush=True)
+            failures += 1
+            continue
+        output = json.loads(final["output"])
+        manifest = json.loads(
+            stack.s3.get_object(Bucket=output["bucket"], Key=output["manifest_key"])["Body"].read()
+        )
+        text = stack.s3.get_object(Bucket=output["bucket"], Key=manifest["objects"][0]["key"])["Body"].read()
+        row = text.decode().splitlines()[1]
+        since, until = row.split(",")
+        print(f"  {job_id}: its query's window {since} .. {until}", flush=True)
+    return failures
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +350,13 @@ def test_demo_runs_every_sample_job_and_shows_the_results(
     assert "first rows of part-00000.csv.gz:" in out
     assert "poll #1" in err
     assert len(list(tmp_path.glob("results/dt=*/*/_manifest.json"))) == len(demo_jobs)
+    # and the schedules: three backfilled runs of a per-minute schedule and a fired hourly one, each
+    # query carrying its own window
+    windows = re.findall(r"(demo-[a-z-]+)-\S+: its query's window (\S+) \.\. (\S+)", out)
+    assert [name for name, _, _ in windows] == ["demo-every-minute"] * 3 + ["demo-hourly"]
+    minutes = [(datetime.fromisoformat(until) - datetime.fromisoformat(since)) for _, since, until in windows]
+    assert minutes == [timedelta(minutes=1)] * 3 + [timedelta(hours=1)]
+    assert [until for _, _, until in windows[:2]] == [since for _, since, _ in windows[1:3]]  # back to back
 
 
 # --- progress lines --------------------------------------------------------------------------------
