@@ -17,7 +17,7 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -43,6 +43,9 @@ from query_relay.models import parse_job_spec
 from query_relay.observability import logger
 from query_relay.schedule_times import ExpressionError, firings, next_firing
 from query_relay.windows import check_schedule, sample_query
+
+if TYPE_CHECKING:
+    from mypy_boto3_scheduler.type_defs import GetScheduleOutputTypeDef
 
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
 # A run that cannot start within this time (throttling, an outage) is dropped rather than run late.
@@ -176,13 +179,18 @@ def create_schedule(request: ScheduleRequest) -> ScheduleView:
     return get_schedule(request.name)
 
 
-def get_schedule(name: str) -> ScheduleView:
+def _scheduler_schedule(name: str) -> GetScheduleOutputTypeDef:
+    """Scheduler's description of the schedule; ScheduleNotFound when it has none by this name."""
     _check_name(name)
     client = aws.scheduler()
     try:
-        schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
+        return client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
     except client.exceptions.ResourceNotFoundException:
         raise ScheduleNotFound("no schedule has this name") from None
+
+
+def get_schedule(name: str) -> ScheduleView:
+    schedule = _scheduler_schedule(name)
     spec = None
     try:
         document = json.loads(schedule["Target"].get("Input") or "{}").get("spec")
@@ -264,12 +272,7 @@ def backfill(name: str, request: BackfillRequest, *, now: datetime | None = None
     spec, with its ``scheduled_run``, and the same job id ``<name>-<scheduled time>``): a run that
     exists already is not started again. Every time must be one the schedule runs at, in the past;
     at most MAX_BACKFILL_RUNS of them."""
-    _check_name(name)
-    client = aws.scheduler()
-    try:
-        schedule = client.get_schedule(Name=name, GroupName=get_control_settings().schedule_group)
-    except client.exceptions.ResourceNotFoundException:
-        raise ScheduleNotFound("no schedule has this name") from None
+    schedule = _scheduler_schedule(name)
     expression = schedule["ScheduleExpression"]
     zone = schedule.get("ScheduleExpressionTimezone") or "UTC"
     anchor = schedule.get("StartDate") or schedule.get("CreationDate")
