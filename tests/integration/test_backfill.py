@@ -12,10 +12,13 @@ import pytest
 
 from query_relay_local import cli
 from query_relay_local.api_server import LocalApiServer
+from query_relay_local.emulators.esql import EsqlEmulator
 from query_relay_local.stack import LocalStack
 
+from .conftest import ES_CONNECTION
 from .test_api import nightly
 from .test_local_scheduler import WINDOWED_QUERY, landed_csv
+from .test_long_jobs_and_concurrency import capped, most_at_once
 
 
 @pytest.fixture
@@ -145,3 +148,34 @@ def test_a_request_to_a_deployed_api_is_signed_for_execute_api(monkeypatch: pyte
     assert "/eu-west-1/execute-api/aws4_request" in authorization
     assert "secret-never-printed" not in str(request.headers)
     assert datetime.now(UTC).strftime("%Y%m%d") in request.headers["X-Amz-Date"]
+
+
+def test_a_backfill_s_runs_wait_for_their_connection_s_slots(esql_emulator: EsqlEmulator) -> None:
+    # Given a connection capped at one job at a time and queries that run 2 s each
+    esql_emulator.config.query_seconds = 2
+    with (
+        LocalStack() as stack,
+        LocalApiServer(stack) as started,
+        httpx.Client(base_url=started.base_url, timeout=30) as api,
+    ):
+        stack.load_connections({ES_CONNECTION: capped(esql_emulator, 1)})
+        assert api.post("/schedules", json=windowed()).status_code == 201
+        # When three nights are backfilled at once
+        answer = api.post(
+            "/schedules/windowed/runs", json={"from": "2026-11-20T00:00:00Z", "to": "2026-11-22T23:00:00Z"}
+        )
+        job_ids = [run["job_id"] for run in answer.json()["runs"]]
+        finals = [stack.wait(stack.execution_arn(job_id), timeout=120) for job_id in job_ids]
+        # Then all three landed, one query upstream at a time, the others waiting for the slot
+        assert [final["status"] for final in finals] == ["SUCCEEDED"] * 3
+        assert most_at_once(esql_emulator.running_intervals()) == 1
+        waited = [
+            sum(
+                1
+                for event in stack.history(final["executionArn"])
+                if event["type"] == "WaitStateEntered"
+                and event["stateEnteredEventDetails"]["name"] == "WaitForSlot"
+            )
+            for final in finals
+        ]
+        assert sum(waited) >= 2
