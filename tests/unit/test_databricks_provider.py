@@ -40,7 +40,7 @@ from query_relay.providers import (
     validate_query,
 )
 from query_relay.providers.databricks import DatabricksQuery
-from query_relay.providers.databricks.provider import LINK_RENEWALS
+from query_relay.providers.databricks.chunks import LINK_RENEWALS
 from query_relay.upstream.address import PUBLIC_POLICY
 from query_relay.upstream.auth import TOKENS, HeaderAuth, TokenAuth, token_key
 from query_relay.upstream.client import build_client

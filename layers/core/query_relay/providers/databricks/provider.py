@@ -23,8 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
@@ -41,16 +39,14 @@ from query_relay.exceptions import (
 from query_relay.models import BearerAuth, ClientCredentialsAuth, OutputFormat
 from query_relay.observability import logger
 from query_relay.providers import base
-from query_relay.providers.databricks import answer
+from query_relay.providers.databricks import answer, chunks
 from query_relay.providers.databricks.query import DatabricksQuery
-from query_relay.upstream.address import upstream_address_policy
 from query_relay.upstream.auth import Token, TokenAuth, token_key
 from query_relay.upstream.errors import (
     REASON_LIMIT,
     Envelope,
     ErrorAnswer,
     Where,
-    raise_for_response,
     read_error_body,
 )
 from query_relay.upstream.jsonpath import PathReader
@@ -58,21 +54,12 @@ from query_relay.upstream.stream import StreamedAnswer, as_line, small_object
 from query_relay.upstream.waiting import attempts, growing
 
 Answer = StreamedAnswer[PathReader]
-# A chunk's link that expired (or that storage refuses with 403) is replaced by asking for the
-# chunk again, at most this many times a chunk; the last link is tried whatever our clock says.
-LINK_RENEWALS = 2
 
 
 class DatabricksState(base.ProviderState):
     """Whether the job lands a result Databricks marks ``truncated`` (``query.allow_partial_results``)."""
 
     allow_partial: bool = False
-
-
-@dataclass
-class _Tally:
-    chunks: int = 0
-    rows: int = 0
 
 
 class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
@@ -184,16 +171,16 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
                 f"{manifest.chunk_count}"
             )
         columns = answer.columns(manifest)
-        tally = _Tally()
-        keep_rows = output_format != "native"
-        chunks = self._chunks(upstream_id, manifest, known, tally, wanted, keep_rows=keep_rows)
+        tally = chunks.Tally()
+        reader = chunks.ChunkReader(self._request, self.http, upstream_id, manifest, known)
+        pages = reader.pages(wanted, tally, keep_rows=output_format != "native")
 
         def partial() -> bool:
             return manifest.truncated
 
         if output_format == "native":
             yield base.NativeResult(
-                chunks=self._native(chunks),
+                chunks=self._native(pages),
                 extension="jsonl",
                 columns=columns,
                 counted=lambda: tally.rows,
@@ -201,7 +188,7 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
                 pieces=manifest.pieces(),
             )
         else:
-            rows = answer.typed_rows(manifest, self.http.where("databricks fetch"))(self._rows(chunks))
+            rows = answer.typed_rows(manifest, self.http.where("databricks fetch"))(self._rows(pages))
             yield base.TabularResult(columns=columns, rows=rows, partial=partial, pieces=manifest.pieces())
 
     def _finished_result(
@@ -216,7 +203,7 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
         if manifest.truncated:
             self._check_truncated(manifest, state, statement, where)
         first = found.result.get("external_links") if isinstance(found.result, dict) else None
-        return manifest, self._links(first, where, 0)
+        return manifest, chunks.links(first, where, 0)
 
     @staticmethod
     def _check_truncated(
@@ -244,79 +231,6 @@ class DatabricksProvider(base.Provider[DatabricksQuery, DatabricksState]):
         """Each chunk's body as received, followed by a newline unless it ends with one."""
         for page in chunks:
             yield from as_line(page.raw_chunks())
-
-    def _chunks(
-        self,
-        statement: str,
-        manifest: answer.Manifest,
-        known: dict[int, answer.ExternalLink],
-        tally: _Tally,
-        wanted: range,
-        *,
-        keep_rows: bool,
-    ) -> Iterator[Answer]:
-        """The ``wanted`` chunks' bodies in order, each yielded open; once the caller has read it,
-        its rows are held to the manifest's count (and all of them to its total)."""
-        for index in wanted:
-            with self._download(statement, index, known, keep_rows=keep_rows) as (page, link):
-                yield page
-                expected = manifest.chunk_rows(index)
-                tally.rows += answer.counted(
-                    page.reader, link.row_count if expected is None else expected, index
-                )
-                tally.chunks += 1
-        whole = len(wanted) == manifest.chunk_count
-        if whole and manifest.total_row_count is not None and tally.rows != manifest.total_row_count:
-            raise self.http.where("databricks fetch").protocol_error(
-                f"the chunks hold {tally.rows} rows where the manifest says {manifest.total_row_count}"
-            )
-        logger.info("databricks result read", extra={"chunks": tally.chunks, "rows": tally.rows})
-
-    @contextmanager
-    def _download(
-        self, statement: str, index: int, known: dict[int, answer.ExternalLink], *, keep_rows: bool
-    ) -> Iterator[tuple[Answer, answer.ExternalLink]]:
-        """Chunk ``index``'s body from its link: no Authorization (``auth=None``: storage refuses a
-        second credential) and exactly the link's headers. The address policy applies to the link's
-        host as to any (query_relay.upstream.address)."""
-        where = self.http.where(f"databricks fetch (chunk {index})")
-        renewals = 0
-        while True:
-            link = known.pop(index, None)
-            if link is None or (renewals < LINK_RENEWALS and link.expired(datetime.now(UTC))):
-                if link is not None:  # expired by our clock: replacing it is a renewal
-                    renewals += 1
-                known.update(self._chunk_links(statement, index, where))
-                link = known.pop(index, None)
-                if link is None:
-                    raise where.protocol_error(f"the answer for chunk {index} holds no link to it")
-            request: dict[str, Any] = {"headers": link.http_headers, "auth": None, "result": True}
-            with self._request("GET", link.external_link, where, check=False, **request) as response:
-                if response.status_code == 403 and renewals < LINK_RENEWALS:
-                    read_error_body(response)
-                    renewals += 1
-                    logger.info(
-                        "databricks chunk link refused; asking for a fresh one", extra={"chunk": index}
-                    )
-                    continue
-                raise_for_response(
-                    response,
-                    where,
-                    envelope=answer.storage_envelope,
-                    classify=answer.classify_download,
-                    redact=self.http.redact,
-                )
-                yield StreamedAnswer(response, answer.chunk_reader(where, keep_rows=keep_rows), where), link
-                return
-
-    def _chunk_links(self, statement: str, index: int, where: Where) -> dict[int, answer.ExternalLink]:
-        with self._request("GET", answer.chunk_path(statement, index), where, task_id=statement) as response:
-            document = small_object(response, where)
-        return self._links(document.get("external_links"), where, index)
-
-    @staticmethod
-    def _links(value: Any, where: Where, index: int) -> dict[int, answer.ExternalLink]:
-        return answer.links(value, where, index, https_only=not upstream_address_policy().allow_local)
 
     # - cancel -
 
