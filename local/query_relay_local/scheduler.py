@@ -57,12 +57,13 @@ class LocalScheduler:
     def fire_due(self, now: datetime | None = None) -> list[Firing]:
         """Deliver every firing in (last look, ``now``], oldest first; what was delivered."""
         now = now or self._clock()
-        since, self._last_look = self._last_look, now
+        schedules = self._schedules()  # a look that fails here leaves its span to the next look
         due = [
             (moment, name)
-            for name, schedule in self._schedules()
-            for moment in self._firings(schedule, since, now)
+            for name, schedule in schedules
+            for moment in self._firings(schedule, self._last_look, now)
         ]
+        self._last_look = now
         fired = [self._deliver(name, moment) for moment, name in sorted(due)]
         for firing in fired:
             if self._on_fire is not None:

@@ -137,3 +137,21 @@ def test_a_schedule_or_job_with_a_misplaced_placeholder_is_refused_naming_it(api
     refused = api.post("/queries", json=job)
     assert refused.status_code == 400
     assert "query.params[0].since: {{window_start}} has a value only in a schedule's runs" in refused.text
+
+
+def test_a_look_that_fails_leaves_its_runs_to_the_next_look(
+    api: httpx.Client, stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert api.post("/schedules", json=nightly()).status_code == 201
+    scheduler = LocalScheduler(stack, clock=lambda: utc("2026-12-05T00:59:00"))
+    # Given a look at 01:00:30 that cannot list the schedules
+    monkeypatch.setattr(
+        scheduler, "_schedules", lambda: (_ for _ in ()).throw(RuntimeError("Scheduler down"))
+    )
+    with pytest.raises(RuntimeError):
+        scheduler.fire_due(utc("2026-12-05T01:00:30"))
+    monkeypatch.undo()
+    # When the next look works
+    fired = scheduler.fire_due(utc("2026-12-05T01:00:40"))
+    # Then the 01:00 run the failed look missed is delivered by it
+    assert [firing.scheduled_time for firing in fired] == [utc("2026-12-05T01:00:00")]
