@@ -41,6 +41,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+# A query's text (ES|QL's query, a SQL statement): at least one character that is not blank.
+QueryText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+
+
 class QueryModel(BaseModel):
     """A provider's ``query``: unknown fields refused, but types as lax as the vendor's own API
     (Looker writes ``limit`` as "500", Veza's Query Builder ``page_size`` as "250")."""

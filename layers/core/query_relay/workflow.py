@@ -509,9 +509,7 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
     if job.status == "SPLIT":
         return write_split_manifest(spec, job, event.get("execution_arn"))
     cursor = job.fetch_cursor
-    budget = FetchBudget(
-        seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
-    )
+    budget = FetchBudget.of(seconds_left, cursor)
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             if cursor is None and (plan := _fetch_plan(provider, result)) is not None:
@@ -568,9 +566,7 @@ def fetch_branch(step: BranchInput, *, seconds_left: float | None = None) -> dic
     if job.upstream_id is None:
         raise UpstreamProtocolError("nothing to fetch: the upstream gave no task id")  # pragma: no cover
     cursor = job.fetch_cursor
-    budget = FetchBudget(
-        seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None
-    )
+    budget = FetchBudget.of(seconds_left, cursor)
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         fetched = provider.fetch(
             job.upstream_id, job.provider_state, spec.output.format, pieces=branch.pieces
@@ -652,6 +648,11 @@ class FetchBudget:
 
     def __post_init__(self) -> None:
         self.started = self.last_check = time.monotonic()
+
+    @classmethod
+    def of(cls, seconds_left: float | None, cursor: FetchCursor | None) -> FetchBudget:
+        """The budget of a Fetch (or branch) going on from ``cursor``, if an earlier one stopped."""
+        return cls(seconds_left, cursor.longest_part_seconds if cursor else 0.0, resumed=cursor is not None)
 
     def exhausted(self) -> bool:
         now = time.monotonic()

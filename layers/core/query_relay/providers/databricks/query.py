@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from query_relay.models import QueryModel
+from query_relay.models import QueryModel, QueryText
 
 
 class Parameter(BaseModel):
@@ -31,7 +31,7 @@ class Parameter(BaseModel):
 class DatabricksQuery(QueryModel):
     """One SQL statement, the SQL warehouse that runs it, and its default catalog and schema."""
 
-    statement: str = Field(min_length=1)
+    statement: QueryText
     warehouse_id: str = Field(min_length=1)
     catalog: str | None = Field(default=None, min_length=1)
     schema_: str | None = Field(default=None, min_length=1, alias="schema")
@@ -44,13 +44,6 @@ class DatabricksQuery(QueryModel):
         return self.model_dump(
             mode="json", exclude_none=True, by_alias=True, exclude={"allow_partial_results"}
         )
-
-    @field_validator("statement")
-    @classmethod
-    def _statement_is_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
 
     @field_validator("parameters")
     @classmethod

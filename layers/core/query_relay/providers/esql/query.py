@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
-from query_relay.models import QueryModel
+from query_relay.models import QueryModel, QueryText
 
 Scalar = str | int | float | bool | None
 
@@ -16,7 +16,7 @@ class EsqlQuery(QueryModel):
     ``keep_alive``, ``keep_on_completion``) and ``columnar`` belong to the provider, so they are
     rejected here as unknown fields."""
 
-    query: str = Field(min_length=1)
+    query: QueryText
     # Positional ``[v, ...]`` or named ``[{"name": v}, ...]`` (a named value may be an object such
     # as ``{"identifier": "field"}``); never both in one list.
     params: list[Scalar | dict[str, Scalar | dict[str, Any]]] | None = None
@@ -31,13 +31,6 @@ class EsqlQuery(QueryModel):
 
     def request_body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude={"allow_partial_results"})
-
-    @field_validator("query")
-    @classmethod
-    def _query_is_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
 
     @field_validator("params")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from query_relay.models import QueryModel
+from query_relay.models import QueryModel, QueryText
 
 # The types a binding may name (Snowflake's "Using bind variables"): the value is sent as text and
 # Snowflake reads it as that type.
@@ -33,7 +33,7 @@ class SnowflakeQuery(QueryModel):
     ("1", "2", ...); ``parameters`` are Snowflake session parameters for the statement
     (``QUERY_TAG``, ``TIMEZONE``, ...). ``async`` and ``requestId`` belong to the provider."""
 
-    statement: str = Field(min_length=1)
+    statement: QueryText
     bindings: dict[str, Binding] | None = None
     database: str | None = Field(default=None, min_length=1)
     schema_: str | None = Field(default=None, min_length=1, alias="schema")
@@ -44,13 +44,6 @@ class SnowflakeQuery(QueryModel):
 
     def request_body(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-    @field_validator("statement")
-    @classmethod
-    def _statement_is_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
 
     @field_validator("bindings")
     @classmethod
