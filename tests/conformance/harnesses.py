@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
+from query_relay.models import ProviderName
 from query_relay_local.emulators.esql import EsqlEmulator, new_async_id
 from query_relay_local.emulators.http import EmulatorServer
 
@@ -21,7 +22,7 @@ Step = Literal["submit", "poll", "fetch", "cancel"]
 
 
 class ProviderHarness(abc.ABC):
-    provider: ClassVar[str]
+    provider: ClassVar[ProviderName]
     # The emulator's name for a task that was cancelled (None: the provider cannot cancel).
     cancelled_state: ClassVar[str | None]
     # An id of the upstream's shape that the emulator never issued.

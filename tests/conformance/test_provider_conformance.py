@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import moto.s3.models
+import pyarrow.parquet as pq
 import pytest
 from moto.server import ThreadedMotoServer
 
 from query_relay import results
+from query_relay.column_types import arrow_schema, kind_of
 from query_relay.exceptions import (
     UpstreamAuthFailed,
     UpstreamProtocolError,
@@ -31,6 +34,7 @@ from query_relay.providers import (
     validate_query,
 )
 from query_relay.results import Landed, ResultWriter, WrittenResult
+from tests.parquet_rule import expected as parquet_value
 
 from .harnesses import ProviderHarness
 from .registry import HARNESSES
@@ -281,7 +285,7 @@ def stored(s3: Any, written: WrittenResult, prefix: str) -> list[tuple[str, int,
     ]
 
 
-@pytest.mark.parametrize("output", ["jsonl", "jsonl.gz", "csv", "csv.gz", "native", "native.gz"])
+@pytest.mark.parametrize("output", ["jsonl", "jsonl.gz", "csv", "csv.gz", "native", "native.gz", "parquet"])
 def test_a_fetch_stopped_after_every_part_lands_the_bytes_of_one_fetch(
     harness: ProviderHarness, emulator: Any, s3: Any, output: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,7 +300,12 @@ def test_a_fetch_stopped_after_every_part_lands_the_bytes_of_one_fetch(
     probe = f"{harness.provider}/{output}/probe/"
     with provider.fetch(upstream_id, state, spec.format) as result:
         plain = ResultWriter(s3, RESUME_BUCKET, part_max_bytes=2**40)
-        size = plain.write(probe, result, spec if native else OutputSpec(format=spec.format)).byte_count
+        plain_spec = spec if native else OutputSpec(format=spec.format, compression="none")
+        probed = plain.write(probe, result, plain_spec, provider=harness.provider)
+    size = probed.byte_count
+    if spec.format == "parquet":  # its parts roll by their Arrow data, not their stored bytes
+        body = s3.get_object(Bucket=RESUME_BUCKET, Key=probed.objects[0].key)["Body"].read()
+        size = pq.read_table(io.BytesIO(body)).nbytes
     writer = ResultWriter(s3, RESUME_BUCKET, part_max_bytes=size // 4 + 1)
     if native:
         # These answers are far below S3's 5 MiB least chunk: this S3 takes smaller ones here.
@@ -304,13 +313,15 @@ def test_a_fetch_stopped_after_every_part_lands_the_bytes_of_one_fetch(
         monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 1)
     one, many = f"{harness.provider}/{output}/one/", f"{harness.provider}/{output}/many/"
     with provider.fetch(upstream_id, state, spec.format) as result:
-        whole = writer.write(one, result, spec)
+        whole = writer.write(one, result, spec, provider=harness.provider)
     # When every Fetch stops after its first part, and the next reads the answer again and goes on
     landed: Landed | None = None
     fetches = 0
     while True:
         with provider.fetch(upstream_id, state, spec.format) as result:
-            written = writer.write(many, result, spec, landed=landed, stop=lambda: True)
+            written = writer.write(
+                many, result, spec, landed=landed, stop=lambda: True, provider=harness.provider
+            )
         fetches += 1
         if written.finished:
             break
@@ -325,3 +336,36 @@ def test_a_fetch_stopped_after_every_part_lands_the_bytes_of_one_fetch(
     assert stored(s3, written, many) == stored(s3, whole, one)
     assert (written.row_count, written.byte_count) == (whole.row_count, whole.byte_count)
     assert s3.list_multipart_uploads(Bucket=RESUME_BUCKET, Prefix=many).get("Uploads", []) == []
+
+
+def test_a_parquet_result_reads_back_with_the_documented_types_and_the_exact_rows(
+    harness: ProviderHarness, emulator: Any, s3: Any
+) -> None:
+    # Given a finished query
+    provider = provider_for(harness, emulator)
+    upstream_id, state = submit_running(harness, emulator, provider, harness.ok_query)
+    state = poll_until_finished(provider, upstream_id, state)
+    # When its result is written as Parquet
+    prefix = f"{harness.provider}/parquet/"
+    spec = OutputSpec.model_validate({"format": "parquet"})
+    with provider.fetch(upstream_id, state, spec.format) as result:
+        columns = list(result.columns)
+        writer = ResultWriter(s3, RESUME_BUCKET, part_max_bytes=2**30)
+        written = writer.write(prefix, result, spec, provider=harness.provider)
+    # Then pyarrow reads every column as its documented type, and every row as the jsonl row
+    # holds it, by the README's rule
+    (part,) = [
+        pq.ParquetFile(io.BytesIO(s3.get_object(Bucket=RESUME_BUCKET, Key=entry.key)["Body"].read()))
+        for entry in written.objects
+    ]
+    kinds = {column.name: kind_of(harness.provider, column) for column in columns}
+    assert [(field.name, str(field.type)) for field in part.schema_arrow] == [
+        (column.name, column.type) for column in arrow_schema(harness.provider, columns)
+    ]
+    assert {kind.name for kind in kinds.values()} - {"string"}, "the result holds a typed column"
+    expected = [
+        {name: parquet_value(kinds[name], value) for name, value in row.items()}
+        for row in harness.expected_rows(emulator)
+    ]
+    assert part.read().to_pylist() == expected
+    assert written.row_count == len(expected) > 0

@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from query_relay_local.stack import LocalStack
 
 # How a provider's native objects turn into rows: the object's text -> row dicts.
@@ -39,6 +41,11 @@ def landed_rows(stack: LocalStack, manifest: dict[str, Any], native_rows: Native
         raw = read_object(stack, entry["key"])
         assert len(raw) == entry["bytes"]
         assert hashlib.sha256(raw).hexdigest() == entry["sha256"]
+        if manifest["format"] == "parquet":  # its compression is its columns' codec
+            part = pq.read_table(io.BytesIO(raw)).to_pylist()
+            assert len(part) == entry["rows"]
+            rows.extend(part)
+            continue
         text = (gzip.decompress(raw) if manifest["compression"] == "gzip" else raw).decode()
         if manifest["format"] == "jsonl":
             part = [json.loads(line) for line in text.splitlines()]

@@ -72,7 +72,7 @@ def fields_of(response: httpx.Response) -> list[str]:
         ("/queries", encoded(spec(connection=42)), 400, "connection"),
         ("/queries", encoded(spec(polling={"initial_seconds": "soon"})), 400, "polling.initial_seconds"),
         ("/queries", encoded(spec(polling={"timeout_seconds": 0})), 400, "polling.timeout_seconds"),
-        ("/queries", encoded(spec(output={"format": "parquet"})), 400, "output.format"),
+        ("/queries", encoded(spec(output={"format": "orc"})), 400, "output.format"),
         ("/queries", encoded(spec(output={"prefix": "../escape/"})), 400, "output.prefix"),
         ("/queries", encoded(spec(priority="high")), 400, "priority"),
         ("/queries", encoded(spec(output={"format": "csv", "colour": "red"})), 400, "output.colour"),

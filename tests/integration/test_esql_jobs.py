@@ -224,7 +224,7 @@ def test_a_job_past_its_timeout_cancels_the_upstream_task_and_fails_query_timed_
 def test_an_invalid_spec_started_directly_fails_invalid_job_spec_and_never_reaches_upstream(
     stack: LocalStack, esql_emulator: EsqlEmulator
 ) -> None:
-    final, _ = run_job(stack, job(DEPARTMENTS_QUERY, output={"format": "parquet"}))
+    final, _ = run_job(stack, job(DEPARTMENTS_QUERY, output={"format": "orc"}))
     assert final["status"] == "FAILED"
     assert final["error"] == "InvalidJobSpec"
     assert "output.format" in final["cause"]

@@ -102,10 +102,11 @@ def test_every_type_lands_typed_through_the_state_machine(
     rows = landed_rows(snowflake_stack, manifest, native_rows)
     assert rows == as_json(expected_rows(STATEMENT))
     assert manifest["provider"] == "snowflake"
+    # (FIXED with its precision and scale, which its type does not name: a Parquet column needs them)
     assert manifest["columns"][:3] == [
-        {"name": "ID", "type": "fixed"},
-        {"name": "C_INTEGER", "type": "fixed"},
-        {"name": "C_DECIMAL", "type": "fixed"},
+        {"name": "ID", "type": "fixed", "precision": 38, "scale": 0},
+        {"name": "C_INTEGER", "type": "fixed", "precision": 38, "scale": 0},
+        {"name": "C_DECIMAL", "type": "fixed", "precision": 12, "scale": 4},
     ]
     assert snowflake_emulator.statement_states()[manifest["upstream_id"]] == "succeeded"
 

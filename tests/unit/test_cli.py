@@ -107,7 +107,7 @@ def test_a_missing_spec_file_is_reported(tmp_path: Path, capsys: pytest.CaptureF
     ("spec", "field"),
     [
         (a_spec(outputs={"format": "csv"}), "outputs"),
-        (a_spec(output={"format": "parquet"}), "output.format"),
+        (a_spec(output={"format": "orc"}), "output.format"),
         (a_spec(polling={"initial_seconds": 10, "max_seconds": 5}), "polling"),
         (a_spec(query={"query": "FROM x", "keep_alive": "1d"}), "query.keep_alive"),
         ({"query": {"query": "FROM x"}}, "connection"),

@@ -48,7 +48,7 @@ def text(document: Any) -> str:
         (text(SPEC | {"query": "FROM employees"}), CONNECTION, "query:"),
         (text(SPEC | {"connection": 7}), CONNECTION, "connection:"),
         (text(SPEC | {"polling": {"initial_seconds": "soon"}}), CONNECTION, "polling.initial_seconds:"),
-        (text(SPEC | {"output": {"format": "parquet"}}), CONNECTION, "output.format:"),
+        (text(SPEC | {"output": {"format": "orc"}}), CONNECTION, "output.format:"),
         (text(SPEC | {"output": {"prefix": "a/./b/"}}), CONNECTION, "output.prefix:"),
         (text(SPEC | {"query": {"query": "FROM x", "filter": NESTED}}), CONNECTION, "nested deeper than"),
         ("[" * 100_000, CONNECTION, "nested too deeply"),

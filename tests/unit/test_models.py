@@ -32,7 +32,7 @@ def test_a_minimal_spec_gets_the_documented_defaults() -> None:
     ("changes", "named"),
     [
         ({"colour": "blue"}, "colour"),
-        ({"output": {"format": "parquet"}}, "output.format"),
+        ({"output": {"format": "orc"}}, "output.format"),
         ({"output": {"compression": "zstd"}}, "output.compression"),
         ({"output": {"prefix": "/abs/"}}, "output.prefix"),
         ({"output": {"prefix": "a/../b/"}}, "output.prefix"),

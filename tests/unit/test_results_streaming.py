@@ -13,9 +13,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from query_relay.json_rule import encode_json
 from query_relay.models import Column, OutputSpec
 from query_relay.providers.base import TabularResult
-from query_relay.results import ResultWriter, _encode_json
+from query_relay.results import ResultWriter
 from query_relay.upstream import deadline
 
 COLUMNS = [
@@ -79,7 +80,7 @@ def test_a_generator_of_rows_fills_every_part_and_loses_none(s3: Any, fmt: str) 
 )
 def test_the_fast_json_encoder_writes_exactly_what_json_dumps_writes(value: dict[str, Any]) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    assert _encode_json(value) == expected
+    assert encode_json(value) == expected
 
 
 def exchanging_rows(count: int, seen: list[float | None]) -> Iterator[Sequence[Any]]:

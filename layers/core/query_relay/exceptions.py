@@ -96,6 +96,11 @@ class UpstreamProtocolError(QueryRelayError):
     """The upstream answered something this provider does not understand."""
 
 
+class ColumnTypeMismatch(QueryRelayError):
+    """A value of the result does not fit its column's type in a Parquet part (text in an integer
+    column, a list in a number column); nothing is landed."""
+
+
 class QueryTimedOut(QueryRelayError):
     """The job ran longer than ``polling.timeout_seconds``; the upstream task was cancelled."""
 
@@ -113,6 +118,7 @@ ERRORS: dict[str, type[QueryRelayError]] = {
         UpstreamTaskExpired,
         UpstreamPartialResult,
         UpstreamProtocolError,
+        ColumnTypeMismatch,
         QueryTimedOut,
     )
 }

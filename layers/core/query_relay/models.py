@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,8 +31,11 @@ from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
 PROVIDERS = ("esql", "looker", "veza", "snowflake", "databricks")
 ProviderName = Literal["esql", "looker", "veza", "snowflake", "databricks"]
-OutputFormat = Literal["jsonl", "csv", "native"]
-Compression = Literal["none", "gzip"]
+OutputFormat = Literal["jsonl", "csv", "native", "parquet"]
+# gzip compresses a jsonl, csv or native part whole; in a Parquet part every compression is the
+# codec of its column chunks (the file itself stays readable in place).
+Compression = Literal["none", "gzip", "snappy", "zstd"]
+PARQUET_CODECS = ("snappy", "zstd")
 MAX_PROBLEMS_DESCRIBED = 20
 
 
@@ -63,8 +67,23 @@ class QueryModel(BaseModel):
 
 class OutputSpec(StrictModel):
     format: OutputFormat = "jsonl"
-    compression: Compression = "none"
+    compression: Compression = "none"  # snappy for parquet when not given
     prefix: str = Field(default="results/", max_length=512)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parquet_compresses_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("format") == "parquet" and "compression" not in data:
+            return {**data, "compression": "snappy"}
+        return data
+
+    @field_validator("compression")
+    @classmethod
+    def _codec_suits_format(cls, value: str, info: ValidationInfo) -> str:
+        output_format = info.data.get("format")  # validated first: it is declared first
+        if value in PARQUET_CODECS and output_format not in (None, "parquet"):
+            raise ValueError(f"{value!r} is a Parquet codec; format {output_format!r} takes 'none' or 'gzip'")
+        return value
 
     @field_validator("prefix")
     @classmethod
@@ -234,9 +253,16 @@ class Connection(StrictModel):
 # --- results -------------------------------------------------------------------------------------
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Column(StrictModel):
     name: str
     type: str
+    # A Snowflake FIXED column's precision and scale (its type names neither); absent elsewhere.
+    precision: int | None = Field(default=None, exclude_if=_absent)
+    scale: int | None = Field(default=None, exclude_if=_absent)
 
 
 class ObjectEntry(StrictModel):
@@ -275,6 +301,8 @@ class Manifest(StrictModel):
     polls: int
     # True only when the upstream said its answer is partial and the spec opted in to land it.
     is_partial: bool = False
+    # A Parquet result's columns as its parts hold them: name and Arrow type (query_relay.column_types).
+    arrow_schema: list[Column] | None = Field(default=None, exclude_if=_absent)
 
 
 # --- validation helpers that turn pydantic errors into our named errors --------------------------

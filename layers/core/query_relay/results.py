@@ -22,7 +22,6 @@ import io
 import json
 import math
 import mimetypes
-import re
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,8 +35,11 @@ import orjson
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from pydantic import BaseModel, ConfigDict
 
+from query_relay import column_types
+from query_relay.column_types import Kind
 from query_relay.exceptions import UpstreamProtocolError
-from query_relay.models import Column, Manifest, NativeUpload, ObjectEntry, OutputSpec
+from query_relay.json_rule import encode_json, json_bytes
+from query_relay.models import Column, Manifest, NativeUpload, ObjectEntry, OutputSpec, ProviderName
 from query_relay.observability import logger
 from query_relay.providers.base import FetchedResult, NativeResult, TabularResult
 
@@ -161,6 +163,7 @@ class ResultWriter:
         landed: Landed | None = None,
         stop: Callable[[], bool] | None = None,
         branch: int | None = None,
+        provider: ProviderName | None = None,
     ) -> WrittenResult:
         """Write ``result`` as parts under ``prefix``, replacing whatever an earlier run left there,
         or, given what an earlier Fetch ``landed``, going on after it. After each whole part of rows
@@ -171,6 +174,9 @@ class ResultWriter:
         nothing else under ``prefix``: neither the manifest, nor other branches' parts and uploads
         (``split`` and ``finish_split`` deal with those).
 
+        A Parquet part's columns are typed by the ``provider``'s column types
+        (``query_relay.column_types``).
+
         A ``NativeResult`` is stored as the upstream's bytes in one object whatever the format asks
         (the provider chose those bytes for it); rows cannot become native bytes. Its object is one
         multipart upload that ``stop()`` may leave unfinished after any of its chunks (``upload``
@@ -180,7 +186,10 @@ class ResultWriter:
         context = contextvars.copy_context()
         if isinstance(result, NativeResult):
             result = dataclasses.replace(result, chunks=_InContext(result.chunks, context))
-        return self._write(prefix, result, output, context, landed=landed, stop=stop, branch=branch)
+        kinds = None if provider is None else column_types.kinds_of(provider, list(result.columns))
+        return self._write(
+            prefix, result, output, context, landed=landed, stop=stop, branch=branch, kinds=kinds
+        )
 
     def _write(
         self,
@@ -192,6 +201,7 @@ class ResultWriter:
         landed: Landed | None,
         stop: Callable[[], bool] | None,
         branch: int | None,
+        kinds: list[Kind] | None,
     ) -> WrittenResult:
         if landed is None and branch is None:
             # A consumer must never find a manifest next to parts that are being rewritten.
@@ -222,9 +232,16 @@ class ResultWriter:
             # part's chunk buffers landed in fresh per-thread malloc arenas and peak RSS grew with the
             # part count (measured: +113 MB for 20 parts of 8 MiB, against +55 MB for one part).
             with create_transfer_manager(self._s3, self._transfer_config) as transfer:
-                objects, finished = self._write_tabular(
-                    name, result, output, transfer, context, landed=landed, stop=stop
-                )
+                if output.format == "parquet":
+                    if kinds is None:
+                        raise ValueError("a Parquet part needs its columns' kinds (the provider's types)")
+                    objects, finished = self._write_parquet(
+                        name, result, output, transfer, context, kinds=kinds, landed=landed, stop=stop
+                    )
+                else:
+                    objects, finished = self._write_tabular(
+                        name, result, output, transfer, context, landed=landed, stop=stop
+                    )
             columns, row_count = result.columns, sum(entry.rows for entry in objects)
         if not finished:
             return WrittenResult(
@@ -327,16 +344,7 @@ class ResultWriter:
             _CsvEncoder(result.columns) if output.format == "csv" else _JsonLinesEncoder(result.columns)
         )
         rows = _RowSource(result.rows, context)
-        objects: list[ObjectEntry] = []
-        if landed is not None:
-            objects += landed.objects
-            skipped = rows.skip(landed.rows)
-            if skipped < landed.rows or rows.exhausted():
-                # Read again, the answer cannot be the one the earlier Fetch read.
-                raise UpstreamProtocolError(
-                    f"the answer read again has {skipped} rows where the parts already landed hold "
-                    f"{landed.rows} and more were to come: it is not the answer the earlier Fetch read"
-                )
+        objects = _going_on(rows, landed)
         # Part 00000 is written even for zero rows: consumers always find at least one object.
         while True:
             tally = _PartTally()
@@ -346,6 +354,59 @@ class ResultWriter:
             content_type = _CONTENT_TYPES["jsonl"] if output.format == "jsonl" else "text/csv"
             self._upload(transfer, key, stream, content_type)
             objects.append(_object_entry(key, tally.rows, stream))
+            if rows.exhausted():
+                return objects, True
+            if stop is not None and stop():
+                return objects, False
+
+    def _write_parquet(
+        self,
+        name: _PartNames,
+        result: TabularResult,
+        output: OutputSpec,
+        transfer: TransferManager,
+        context: contextvars.Context,
+        *,
+        kinds: list[Kind],
+        landed: Landed | None,
+        stop: Callable[[], bool] | None,
+    ) -> tuple[list[ObjectEntry], bool]:
+        """As ``_write_tabular``, in Parquet parts: each is written to a file in /tmp in row groups,
+        rolled once it holds ``part_max_bytes`` of Arrow data (or its file PART_FILE_MAX_BYTES),
+        then uploaded whole."""
+        from query_relay import parquet  # noqa: PLC0415  (pyarrow: loaded by a Parquet job only)
+
+        layout = parquet.Layout(result.columns, kinds)
+        rows = _RowSource(result.rows, context)
+        objects = _going_on(rows, landed)
+        row_number = 1 + (0 if landed is None else landed.rows)
+        while True:  # part 00000 is written even for zero rows
+            # Every part sizes its batches afresh: its row groups and where it ends depend on its own
+            # rows only, so a Fetch that goes on after another lands the bytes one Fetch would.
+            count, per_row = 1, 0  # the first row gives the size of the next ones
+            part = parquet.PartFile(layout, output.compression)
+            try:
+                while (
+                    (room := self._part_max_bytes - part.data_bytes) > 0
+                    and part.file_bytes() < parquet.PART_FILE_MAX_BYTES
+                    # no more rows than fill the part or its row group, by the size of rows so far
+                    and (batch := rows.take(_rows_for(min(room, part.row_group_room), per_row, count)))
+                ):
+                    arrow = layout.batch(batch, row_number)
+                    part.add(arrow)
+                    row_number += len(batch)
+                    per_row = max(1, arrow.nbytes // len(batch))
+                    count = max(1, min(2 * count, _MAX_PARQUET_BATCH_ROWS, parquet.BATCH_BYTES // per_row))
+                stored = part.close()
+                key = name.key(len(objects), "parquet", "none")
+                transfer.upload(
+                    stored.path, self._bucket, key, extra_args={"ContentType": _CONTENT_TYPES["parquet"]}
+                ).result()
+            finally:
+                parquet.remove(part.path)
+            entry = ObjectEntry(key=key, rows=part.rows, bytes=stored.bytes, sha256=stored.sha256)
+            logger.info("result part written", extra={"key": key, "rows": entry.rows, "bytes": entry.bytes})
+            objects.append(entry)
             if rows.exhausted():
                 return objects, True
             if stop is not None and stop():
@@ -540,6 +601,25 @@ class _PartNames:
         return f"{self.prefix}{stem}{index:05d}.{extension}{suffix}"
 
 
+def _rows_for(room: int, per_row: int, most: int) -> int:
+    """How many rows of ``per_row`` bytes (0: not known yet) fill ``room``, at most ``most``."""
+    return min(most, -(-room // per_row)) if per_row else most
+
+
+def _going_on(rows: _RowSource, landed: Landed | None) -> list[ObjectEntry]:
+    """The parts an earlier Fetch ``landed``, their rows dropped from ``rows``."""
+    if landed is None:
+        return []
+    skipped = rows.skip(landed.rows)
+    if skipped < landed.rows or rows.exhausted():
+        # Read again, the answer cannot be the one the earlier Fetch read.
+        raise UpstreamProtocolError(
+            f"the answer read again has {skipped} rows where the parts already landed hold "
+            f"{landed.rows} and more were to come: it is not the answer the earlier Fetch read"
+        )
+    return list(landed.objects)
+
+
 def _part_stem(branch: int) -> str:
     return f"part-{branch:05d}-"
 
@@ -613,43 +693,6 @@ class _RowEncoder(Protocol):
         ...
 
 
-# --- JSON by one rule (README "Values in JSON") ---------------------------------------------------
-# Values are written by orjson: compact, UTF-8, strings escaped only where JSON requires it, a float
-# as the shortest text that reads back as the same double. NaN and infinities are not JSON: null.
-# An integer beyond 64 bits (which orjson refuses) is written as its exact digits, and a lone
-# surrogate (which UTF-8 cannot hold) as "?", as every reader reads one. Anything that is not a
-# JSON value is written as orjson writes it, or as its str().
-_ORJSON_INT_MIN, _ORJSON_INT_END = -(2**63), 2**64
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _json_bytes(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value, default=str)
-    except orjson.JSONEncodeError:
-        return orjson.dumps(_writable(value), default=str)
-
-
-def _writable(value: Any) -> Any:
-    """``value`` with what orjson refuses made writable by the rule (a copy where it changes)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if _ORJSON_INT_MIN <= value < _ORJSON_INT_END else orjson.Fragment(int.__repr__(value))
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("?", value)
-    if isinstance(value, list | tuple):
-        return [_writable(item) for item in value]
-    if isinstance(value, dict):
-        return {_writable(key): _writable(item) for key, item in value.items()}
-    return value
-
-
-def _encode_json(value: Any) -> str:
-    """The JSON text of ``value``, by the rule."""
-    return _json_bytes(value).decode()
-
-
 def _check_widths(rows: Sequence[Sequence[Any]], width: int) -> None:
     if set(map(len, rows)) - {width}:
         wrong = next(len(row) for row in rows if len(row) != width)
@@ -663,7 +706,7 @@ _BEGIN, _END = b"\x01", b"\x02"
 
 class _JsonLinesEncoder:
     """One JSON object per row, keyed by column name, newline-terminated: exactly what
-    ``_encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch in one call of orjson.
+    ``encode_json(dict(zip(names, row))) + "\\n"`` gives, but a batch in one call of orjson.
 
     The batch is one flat list, built a column at a time by slice assignment: for each row, a
     fragment of text that opens the object with the first key (or closes the row before and opens
@@ -680,7 +723,7 @@ class _JsonLinesEncoder:
         # value of its last column.
         last_column = {name: index for index, name in enumerate(names)}
         self._columns = list(last_column.values())
-        keys = [_json_bytes(name) + b":" for name in last_column]
+        keys = [json_bytes(name) + b":" for name in last_column]
         self._stride = 2 * len(keys)
         # Each fragment is marked where orjson's comma next to it is to go: _END after a key (the
         # value follows), _BEGIN before a row's end (the row's last value precedes).
@@ -705,7 +748,7 @@ class _JsonLinesEncoder:
         for position, column in enumerate(self._columns):
             items[2 * position + 1 :: self._stride] = values[column]
         items.append(self._close)
-        text = _json_bytes(items)  # [{"a":<E>,1,"b":<E>,2,<B>}\n{"a":<E>,3,...,<B>}\n]
+        text = json_bytes(items)  # [{"a":<E>,1,"b":<E>,2,<B>}\n{"a":<E>,3,...,<B>}\n]
         return text.replace(_END + b",", b"").replace(b"," + _BEGIN, b"")[1:-1]
 
 
@@ -812,7 +855,7 @@ def _csv_field(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list | dict):
-        return _encode_json(value)
+        return encode_json(value)
     return value
 
 
@@ -827,6 +870,7 @@ class _PartTally:
 _FIRST_BATCH_ROWS = 16
 _MAX_BATCH_ROWS = 256
 _SKIP_BATCH_ROWS = 4096  # rows landed by an earlier Fetch are dropped this many at a time
+_MAX_PARQUET_BATCH_ROWS = 65_536  # a Parquet batch is turned into Arrow columns at once
 
 
 def _encoded_batches(

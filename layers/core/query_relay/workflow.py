@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from query_relay import aws, submissions
 from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup, cleanup_claimed
+from query_relay.column_types import arrow_schema
 from query_relay.concurrency import Slots
 from query_relay.connections import load_connection
 from query_relay.exceptions import (
@@ -714,7 +715,9 @@ def _write_parts(
         None if cursor is None else Landed(objects=cursor.objects, rows=cursor.rows, upload=cursor.upload)
     )
     stop = None if budget is None else budget.exhausted
-    written = writer.write(prefix, result, spec.output, landed=landed, stop=stop, branch=branch)
+    written = writer.write(
+        prefix, result, spec.output, landed=landed, stop=stop, branch=branch, provider=job.provider
+    )
     if written.finished:
         return written
     job.status = "FETCHING"
@@ -759,6 +762,7 @@ def _write_manifest(
         completed_at=_now(),
         polls=job.polls,
         is_partial=partial,
+        arrow_schema=arrow_schema(job.provider, written.columns) if spec.output.format == "parquet" else None,
     )
     manifest_key = writer.write_manifest(prefix, manifest)
     if cleanup_claimed(get_settings().control_table, execution_arn):

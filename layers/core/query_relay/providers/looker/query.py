@@ -18,7 +18,13 @@ ResultFormat = Literal[
 ]  # fmt: skip
 # Formats this provider turns into rows; every format can be stored untouched (output native).
 TABULAR_FORMATS = frozenset({"json", "json_detail", "csv"})
-_DEFAULT_RESULT_FORMATS: dict[str, str] = {"jsonl": "json", "csv": "csv", "native": "json"}
+# parquet: json_detail, whose fields' types type the columns (json's rows carry none).
+_DEFAULT_RESULT_FORMATS: dict[str, str] = {
+    "jsonl": "json",
+    "csv": "csv",
+    "native": "json",
+    "parquet": "json_detail",
+}
 
 
 _INLINE_ONLY_FIELDS = (
@@ -40,7 +46,8 @@ class LookerQuery(QueryModel):
     (``model`` and ``view``, plus Looker's WriteQuery fields) names the query. ``limit`` is the
     row limit: inside an inline query, or the task's override of a saved query's limit. The rest
     are the query task's settings (``POST /query_tasks`` URL parameters); ``result_format``
-    defaults from the output format (jsonl -> json, csv -> csv, native -> json).
+    defaults from the output format (jsonl -> json, csv -> csv, native -> json, parquet ->
+    json_detail).
     """
 
     query_id: str | None = Field(default=None, pattern=_ID_PATTERN)

@@ -123,7 +123,14 @@ def handle(document: dict[str, Any] | PathReader) -> str | None:
 
 
 def columns(found: Metadata) -> list[Column]:
-    return [Column(name=column.name, type=column.type) for column in found.rowType]
+    """Each column by its type; a FIXED one with its precision and scale (query_relay.column_types
+    makes it a decimal or an integer by them)."""
+    return [
+        Column(name=column.name, type=column.type, precision=column.precision, scale=column.scale)
+        if column.type.lower() == "fixed"
+        else Column(name=column.name, type=column.type)
+        for column in found.rowType
+    ]
 
 
 def typed_rows(found: Metadata, where: Where) -> typed.TypedRows:
