@@ -508,6 +508,10 @@ def request_resource(service: str, action: str, params: Mapping[str, Any], regio
         if len(buses) == 1:
             return named(buses.pop(), lambda name: arn(f"event-bus/{name}"))
         return "*"
+    if service == "glue" and params.get("DatabaseName"):
+        table = params.get("TableName") or (params.get("TableInput") or {}).get("Name") or params.get("Name")
+        database = params["DatabaseName"]
+        return arn(f"table/{database}/{table}") if table else arn(f"database/{database}")
     if service == "scheduler" and params.get("Name") and action in _SCHEDULE_ACTIONS:
         group = params.get("GroupName") or "default"
         return arn(f"schedule/{group}/{params['Name']}")
@@ -515,6 +519,18 @@ def request_resource(service: str, action: str, params: Mapping[str, Any], regio
 
 
 _SCHEDULE_ACTIONS = frozenset({"CreateSchedule", "GetSchedule", "DeleteSchedule", "UpdateSchedule"})
+
+
+def authorized_resources(resource: str) -> list[str]:
+    """Every resource AWS authorises a request against, from the one ``request_resource`` names: a
+    Glue table's action is checked on the catalog, the database and the table (AWS Glue Developer
+    Guide, "Specifying AWS Glue resource ARNs"), a database's on the catalog and the database."""
+    match = re.fullmatch(r"(arn:[^:]+:glue:[^:]*:[^:]*:)(database|table)/([^/]+)(/.+)?", resource)
+    if match is None:
+        return [resource]
+    head, _, database, table = match.groups()
+    found = [f"{head}catalog", f"{head}database/{database}"]
+    return found + ([f"{head}table/{database}{table}"] if table else [])
 
 
 def _request_params(response: BaseResponse) -> dict[str, Any]:
@@ -796,7 +812,9 @@ def _patch_json_auth_errors() -> None:
 
     def authorize(self: BaseResponse, resource: str = "*") -> None:
         try:
-            original(self, resource)
+            for each in authorized_resources(resource):
+                resource = each  # the one refused is named
+                original(self, each)
         except Exception as error:
             error_type = getattr(error, "error_type", "")
             protocol = protocol_of(self.boto3_service_name)

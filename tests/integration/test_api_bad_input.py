@@ -74,6 +74,11 @@ def fields_of(response: httpx.Response) -> list[str]:
         ("/queries", encoded(spec(polling={"timeout_seconds": 0})), 400, "polling.timeout_seconds"),
         ("/queries", encoded(spec(output={"format": "orc"})), 400, "output.format"),
         ("/queries", encoded(spec(output={"prefix": "../escape/"})), 400, "output.prefix"),
+        # this stack has no CatalogDatabase: no job may register
+        ("/queries", encoded(spec(output={"catalog": {"database": "a", "table": "b"}})), 400,
+         "output.catalog"),
+        ("/queries", encoded(spec(output={"catalog": {"database": "A-B", "table": "b"}})), 400,
+         "output.catalog.database"),
         ("/queries", encoded(spec(priority="high")), 400, "priority"),
         ("/queries", encoded(spec(output={"format": "csv", "colour": "red"})), 400, "output.colour"),
         ("/queries", encoded(spec(job_id="../../etc/passwd")), 400, "job_id"),
@@ -104,7 +109,8 @@ def fields_of(response: httpx.Response) -> list[str]:
     ids=[
         "queries-malformed-json", "queries-empty", "queries-null", "queries-string", "queries-not-utf8",
         "queries-query-type", "queries-connection-type", "queries-polling-type", "queries-polling-range",
-        "queries-format", "queries-prefix-escape", "queries-unknown-field", "queries-unknown-nested",
+        "queries-format", "queries-prefix-escape", "queries-catalog-not-allowed",
+        "queries-catalog-name", "queries-unknown-field", "queries-unknown-nested",
         "queries-job-id-path", "queries-job-id-long", "queries-job-id-empty", "queries-job-id-tab",
         "queries-connection-chars", "queries-spec-too-big-for-step-functions", "queries-oversize",
         "queries-nested-deep", "queries-nested-past-the-parser", "schedules-nested-past-the-parser",

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from query_relay_local.iam import _keys_to_delete, request_resource, sam_translate
+from query_relay_local.iam import _keys_to_delete, authorized_resources, request_resource, sam_translate
 from query_relay_local.template import load_template
 
 REGION, ACCOUNT = "eu-west-1", "111122223333"
 TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/control"
 BUS = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/"
 SCHEDULE = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/"
+GLUE = f"arn:aws:glue:{REGION}:{ACCOUNT}:"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,12 @@ SCHEDULE = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/"
          SCHEDULE + "g/nightly"),
         ("scheduler", "GetSchedule", {"Name": "nightly"}, SCHEDULE + "default/nightly"),
         ("scheduler", "ListSchedules", {"GroupName": "g"}, "*"),
+        ("glue", "GetTable", {"DatabaseName": "analytics", "Name": "t"}, GLUE + "table/analytics/t"),
+        ("glue", "CreateTable", {"DatabaseName": "analytics", "TableInput": {"Name": "t"}},
+         GLUE + "table/analytics/t"),
+        ("glue", "CreatePartition", {"DatabaseName": "analytics", "TableName": "t"},
+         GLUE + "table/analytics/t"),
+        ("glue", "GetDatabase", {"DatabaseName": "analytics"}, GLUE + "database/analytics"),
         ("sqs", "ReceiveMessage", {}, "*"),
     ],
 )  # fmt: skip
@@ -44,6 +51,21 @@ def test_each_action_is_authorised_against_the_resource_aws_names(
     service: str, action: str, params: dict[str, Any], resource: str
 ) -> None:
     assert request_resource(service, action, params, REGION, ACCOUNT) == resource
+
+
+def test_a_glue_table_action_is_authorised_on_the_catalog_the_database_and_the_table() -> None:
+    # (AWS checks all three: a grant on the table alone is refused)
+    assert authorized_resources(GLUE + "table/analytics/t") == [
+        GLUE + "catalog",
+        GLUE + "database/analytics",
+        GLUE + "table/analytics/t",
+    ]
+    assert authorized_resources(GLUE + "database/analytics") == [
+        GLUE + "catalog",
+        GLUE + "database/analytics",
+    ]
+    assert authorized_resources(TABLE) == [TABLE]
+    assert authorized_resources("*") == ["*"]
 
 
 def test_the_keys_of_a_delete_objects_body_are_each_checked() -> None:

@@ -11,6 +11,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_glue import GlueClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
     from mypy_boto3_stepfunctions import SFNClient
@@ -42,3 +43,8 @@ def scheduler() -> EventBridgeSchedulerClient:
 @cache
 def dynamodb() -> DynamoDBClient:
     return boto3.client("dynamodb", config=_RETRIES)
+
+
+@cache
+def glue() -> GlueClient:
+    return boto3.client("glue", config=_RETRIES)

@@ -101,6 +101,15 @@ class ColumnTypeMismatch(QueryRelayError):
     column, a list in a number column); nothing is landed."""
 
 
+class CatalogSchemaConflict(QueryRelayError):
+    """The result's columns (or format) change its catalog table in a way the spec does not allow
+    (``output.catalog.allow_type_changes``); nothing was registered and nothing is landed."""
+
+
+class CatalogRegistrationFailed(QueryRelayError):
+    """Glue refused to register the result (no such database, access denied); nothing is landed."""
+
+
 class QueryTimedOut(QueryRelayError):
     """The job ran longer than ``polling.timeout_seconds``; the upstream task was cancelled."""
 
@@ -119,6 +128,8 @@ ERRORS: dict[str, type[QueryRelayError]] = {
         UpstreamPartialResult,
         UpstreamProtocolError,
         ColumnTypeMismatch,
+        CatalogSchemaConflict,
+        CatalogRegistrationFailed,
         QueryTimedOut,
     )
 }

@@ -65,10 +65,25 @@ class QueryModel(BaseModel):
 # --- job spec ------------------------------------------------------------------------------------
 
 
+# Athena's names: lower-case letters, digits and underscores.
+CATALOG_NAME_PATTERN = r"^[a-z0-9_]{1,255}$"
+
+
+class CatalogSpec(StrictModel):
+    """Where a landed result is registered in the Glue Data Catalog (query_relay.catalog)."""
+
+    database: str = Field(pattern=CATALOG_NAME_PATTERN)
+    table: str = Field(pattern=CATALOG_NAME_PATTERN)
+    # A column whose type changes (or a format that changes) fails the job unless this is true:
+    # earlier partitions keep their own types, which a reader of the whole table may not follow.
+    allow_type_changes: bool = False
+
+
 class OutputSpec(StrictModel):
     format: OutputFormat = "jsonl"
     compression: Compression = "none"  # snappy for parquet when not given
     prefix: str = Field(default="results/", max_length=512)
+    catalog: CatalogSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +98,15 @@ class OutputSpec(StrictModel):
         output_format = info.data.get("format")  # validated first: it is declared first
         if value in PARQUET_CODECS and output_format not in (None, "parquet"):
             raise ValueError(f"{value!r} is a Parquet codec; format {output_format!r} takes 'none' or 'gzip'")
+        return value
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_has_a_table_format(
+        cls, value: CatalogSpec | None, info: ValidationInfo
+    ) -> CatalogSpec | None:
+        if value is not None and info.data.get("format") == "native":
+            raise ValueError("a native result has no table format to register; use jsonl, csv or parquet")
         return value
 
     @field_validator("prefix")

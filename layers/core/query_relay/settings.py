@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Settings(BaseModel):
@@ -28,6 +28,13 @@ class Settings(BaseModel):
     history_event_limit: int = Field(default=25_000, ge=200, le=25_000)
     # The DynamoDB table of slots and started submissions (query_relay.concurrency, .submissions).
     control_table: str | None = None
+    # The Glue database a job's output.catalog may register in (the stack's CatalogDatabase).
+    catalog_database: str | None = None
+
+    @field_validator("catalog_database")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
 
 
 ENVIRONMENT = {
@@ -40,6 +47,7 @@ ENVIRONMENT = {
     "submit_wait_seconds": "SUBMIT_WAIT_SECONDS",
     "history_event_limit": "HISTORY_EVENT_LIMIT",
     "control_table": "CONTROL_TABLE",
+    "catalog_database": "CATALOG_DATABASE",
 }
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from query_relay import aws, submissions
+from query_relay.catalog import Catalog, glue_columns
+from query_relay.catalog import check_allowed as check_catalog_allowed
 from query_relay.claims import MACHINE_CLAIMANT, Claim, claim_cleanup, cleanup_claimed
 from query_relay.column_types import arrow_schema
 from query_relay.concurrency import Slots
@@ -141,6 +143,7 @@ def _read(step: SubmitInput) -> _Request:
     log_job(job_id, connection=spec.connection)
     connection = load_connection(spec.connection)
     query = validate_job(spec.connection, connection, resolved_query(spec))
+    check_catalog_allowed(spec, get_settings().catalog_database)
     if spec.scheduled_run is not None:
         logger.info(
             "a scheduled run",
@@ -691,10 +694,33 @@ def _land(
 ) -> ResultPointer | None:
     """Stream the result into parts, then write the manifest last; None when the budget ran out
     first (``job.fetch_cursor`` then says where the next Fetch goes on). No budget: in one go."""
+    table = _catalog_table(spec)
+    if table is not None and job.fetch_cursor is None:
+        # A schema the table cannot take fails the job before any part is written.
+        table.check(glue_columns(spec.output.format, job.provider, list(result.columns)))
     written = _write_parts(spec, job, result, budget)
     if written is None:
         return None
     return _write_manifest(spec, job, written, partial=result.partial(), execution_arn=execution_arn)
+
+
+def _catalog_table(spec: JobSpec) -> Catalog | None:
+    if spec.output.catalog is None:
+        return None
+    return Catalog(aws.glue(), spec.output.catalog, spec.output.format)
+
+
+def _register(spec: JobSpec, job: JobState, written: WrittenResult, prefix: str) -> None:
+    """After the manifest: the job's partition in its catalog table (query_relay.catalog)."""
+    table = _catalog_table(spec)
+    if table is None:
+        return
+    day = job.submitted_at.astimezone(UTC).strftime("%Y-%m-%d")
+    table.register(
+        glue_columns(spec.output.format, job.provider, written.columns),
+        location=f"s3://{_writer().bucket}/{prefix}",
+        partition=[day, job.job_id],
+    )
 
 
 def _write_parts(
@@ -770,6 +796,8 @@ def _write_manifest(
         logger.warning(
             "the job is being cleaned up: removed the result it landed", extra={"objects": removed}
         )
+    else:
+        _register(spec, job, written, prefix)
     metrics.add_metric(name="RowsLanded", unit="Count", value=written.row_count)
     metrics.add_metric(name="BytesLanded", unit="Bytes", value=written.byte_count)
     logger.info(

@@ -33,6 +33,7 @@ from query_relay import aws, providers, workflow
 from query_relay.api.exceptions import InvalidPageToken, JobConflict, JobFinished, JobNotFound
 from query_relay.api.models import Download, Downloads, JobAccepted, JobPage, JobSummary, JobView
 from query_relay.api.settings import get_control_settings
+from query_relay.catalog import check_allowed as check_catalog_allowed
 from query_relay.claims import Claim, claim_cleanup
 from query_relay.connections import load_connection
 from query_relay.exceptions import InvalidJobSpec, QueryTimedOut
@@ -83,6 +84,7 @@ def links_of(job_id: str) -> dict[str, str]:
 def validate_job(spec: JobSpec) -> None:
     """What Submit would refuse, refused before anything starts: the connection and the query."""
     providers.validate_job(spec.connection, load_connection(spec.connection), resolved_query(spec))
+    check_catalog_allowed(spec, get_settings().catalog_database)
 
 
 def start_job(spec: JobSpec) -> JobAccepted:
