@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from query_relay.column_types import kind_of
+from query_relay.column_types import JSON_TEXT_KINDS, kind_of
 from query_relay.exceptions import CatalogRegistrationFailed, CatalogSchemaConflict, InvalidJobSpec
 from query_relay.models import CatalogSpec, Column, JobSpec, OutputFormat, ProviderName
 from query_relay.observability import logger
@@ -61,7 +61,6 @@ STORAGE: dict[str, tuple[str, str, str, dict[str, str], dict[str, str]]] = {
         {"classification": "csv", "skip.header.line.count": "1"},
     ),
 }
-_JSON_AS_TEXT = frozenset({"date", "timestamp", "timestamp_local", "json"})
 
 
 def glue_columns(
@@ -88,7 +87,7 @@ def _glue_type(output_format: OutputFormat, provider: ProviderName, column: Colu
     if output_format == "csv":
         return "string"
     kind = kind_of(provider, column)
-    if output_format == "jsonl" and kind.name in _JSON_AS_TEXT:
+    if output_format == "jsonl" and kind.name in JSON_TEXT_KINDS:
         return "string"
     return kind.glue
 

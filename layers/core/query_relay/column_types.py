@@ -70,6 +70,9 @@ _GLUE = {
     "timestamp_local": "timestamp",
 }
 KINDS = (*_ARROW, "decimal")
+# What a JSON Lines table holds as strings: ISO 8601 dates and times (the JSON SerDe reads no
+# timestamps from them) and nested values (whose JSON text a string column gives).
+JSON_TEXT_KINDS = frozenset({"date", "timestamp", "timestamp_local", "json"})
 MAX_DECIMAL_PRECISION = 38  # decimal128, and Hive's decimal
 
 STRING = Kind("string")
