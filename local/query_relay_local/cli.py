@@ -27,7 +27,7 @@ import httpx
 
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 from query_relay.limits import check_spec_fits
-from query_relay.models import Connection, JobSpec, parse_connection, parse_job_spec
+from query_relay.models import CatalogSpec, Connection, JobSpec, parse_connection, parse_job_spec
 from query_relay.providers import validate_job
 from query_relay.windows import resolved_query
 from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
@@ -168,7 +168,12 @@ def _run_command(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     from query_relay_local.stack import LocalStack  # noqa: PLC0415 - moto loads slowly; not for --help
 
-    with LocalStack(echo_logs=_echo(args.verbose)) as stack:
+    catalog = job.spec.output.catalog
+    # A job that registers its result: the local stack's CatalogDatabase is the one it names, made.
+    overrides = {} if catalog is None else {"CatalogDatabase": catalog.database}
+    with LocalStack(echo_logs=_echo(args.verbose), parameter_overrides=overrides) as stack:
+        if catalog is not None:
+            stack.client("glue").create_database(DatabaseInput={"Name": catalog.database})
         stack.load_connections({job.connection_name: job.connection_document})
         return run_job(stack, job, args.out, as_json=args.json)
 
@@ -284,7 +289,28 @@ def run_job(stack: LocalStack, job: Job, out_dir: Path, *, as_json: bool = False
         print(json.dumps(manifest))
     else:
         _print_summary(manifest, output["bucket"], manifest_key, out_dir, sys.stdout)
+        if job.spec.output.catalog is not None:
+            _print_partition(stack, job.spec.output.catalog, manifest, sys.stdout)
     return EXIT_SUCCEEDED
+
+
+def _print_partition(
+    stack: LocalStack, catalog: CatalogSpec, manifest: Mapping[str, Any], out: TextIO
+) -> None:
+    """The job's table and partition as Glue now holds them (what Athena would read)."""
+    glue = stack.client("glue")
+    table = glue.get_table(DatabaseName=catalog.database, Name=catalog.table)["Table"]
+    day = manifest["objects"][0]["key"].split("/dt=", 1)[1].split("/", 1)[0]
+    partition = glue.get_partition(
+        DatabaseName=catalog.database, TableName=catalog.table, PartitionValues=[day, manifest["job_id"]]
+    )["Partition"]
+    columns = ", ".join(f"{c['Name']} {c['Type']}" for c in table["StorageDescriptor"]["Columns"])
+    print(f"  catalog     {catalog.database}.{catalog.table} ({columns})", file=out)
+    location = partition["StorageDescriptor"]["Location"]
+    print(f"  partition   dt={day}, job_id={manifest['job_id']} at {location}", file=out)
+    # A hint printed, never run; the names are validated ([a-z0-9_] and the job id's pattern).
+    athena = f"SELECT * FROM {catalog.database}.{catalog.table} WHERE dt = '{day}'"  # noqa: S608
+    print(f"  in Athena   {athena} AND job_id = '{manifest['job_id']}'", file=out)
 
 
 def _print_summary(
@@ -303,6 +329,8 @@ def _print_summary(
     if manifest["columns"]:
         lines.append("  columns     " + ", ".join(f"{c['name']} ({c['type']})" for c in manifest["columns"]))
     print("\n".join(lines), file=out)
+    if manifest["objects"] and manifest["format"] == "parquet":
+        _print_parquet_rows(out_dir / manifest["objects"][0]["key"], out)
     if manifest["objects"] and manifest["format"] in ("jsonl", "csv"):
         first = manifest["objects"][0]["key"]
         print(f"  first rows of {first.rpartition('/')[2]}:", file=out)
@@ -310,6 +338,24 @@ def _print_summary(
             for _, raw_line in zip(range(PREVIEW_ROWS), part, strict=False):
                 line = raw_line.rstrip("\n")
                 print(f"    {line[:PREVIEW_WIDTH]}{'...' if len(line) > PREVIEW_WIDTH else ''}", file=out)
+
+
+def _print_parquet_rows(path: Path, out: TextIO) -> None:
+    """The first rows of a Parquet part, as pyarrow reads them (with their types)."""
+    try:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - the parquet extra; the preview only
+    except ImportError:
+        return
+    part = pq.ParquetFile(path)
+    print(f"  first rows of {path.name} ({part.metadata.num_row_groups} row group(s)):", file=out)
+    for row in (
+        part.read_row_group(0).slice(0, PREVIEW_ROWS).to_pylist() if part.metadata.num_row_groups else []
+    ):
+        line = ", ".join(
+            f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+            for name, value in row.items()
+        )
+        print(f"    {line[:PREVIEW_WIDTH]}{'...' if len(line) > PREVIEW_WIDTH else ''}", file=out)
 
 
 @contextmanager
@@ -511,6 +557,7 @@ def signed(request: httpx.Request) -> httpx.Request:
 
 
 DEMO_FETCH_BRANCH_MIN_BYTES = 16 * 1024
+DEMO_DATABASE = "demo"
 
 
 def _demo_command(args: argparse.Namespace) -> int:
@@ -520,10 +567,15 @@ def _demo_command(args: argparse.Namespace) -> int:
     failures = 0
     with ExitStack() as running:
         # Results of a few hundred KB split as large ones do, so that the demo shows a parallel fetch.
-        overrides = {"FetchBranchMinBytes": str(DEMO_FETCH_BRANCH_MIN_BYTES)}
+        overrides = {
+            "FetchBranchMinBytes": str(DEMO_FETCH_BRANCH_MIN_BYTES),
+            "CatalogDatabase": DEMO_DATABASE,
+        }
         stack = running.enter_context(
             LocalStack(echo_logs=_echo(args.verbose), parameter_overrides=overrides)
         )
+        # The database a Parquet job registers its result in (the stack's CatalogDatabase).
+        stack.client("glue").create_database(DatabaseInput={"Name": DEMO_DATABASE})
         print(
             f"local stack at {stack.endpoint_url} (FetchBranchMinBytes {DEMO_FETCH_BRANCH_MIN_BYTES} "
             "bytes, not 64 MiB: Snowflake's and Databricks' small results fetch in parallel)\n"

@@ -99,6 +99,17 @@ UPSTREAMS: dict[str, Upstream] = {
                 },
                 query_seconds=4.0,
             ),
+            DemoJob(
+                "Employees as Parquet (typed columns), registered in the Glue catalog for Athena",
+                {
+                    "query": {
+                        "query": "FROM employees | KEEP emp_no, first_name, salary, hire_date | SORT emp_no"
+                        " | LIMIT 20"
+                    },
+                    "output": {"format": "parquet", "catalog": {"database": "demo", "table": "employees"}},
+                },
+                query_seconds=0.0,
+            ),
         ),
     ),
     "looker": Upstream(

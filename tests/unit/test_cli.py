@@ -251,6 +251,26 @@ def test_run_json_prints_the_manifest_and_copies_the_result(
     assert SECRET not in out + err
 
 
+def test_run_registers_a_parquet_result_in_the_catalog_the_spec_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], emulator: EsqlEmulator
+) -> None:
+    # Given a Parquet spec that registers its result in a catalog table
+    output = {"format": "parquet", "catalog": {"database": "local_db", "table": "departments"}}
+    spec = write_json(tmp_path / "spec.json", a_spec(job_id="cli-parquet", output=output))
+    connections = write_json(tmp_path / "connections.json", {"es-local": a_connection(emulator.base_url)})
+    # When it runs (the local stack's CatalogDatabase is the spec's, made for it)
+    status, out, err = run_cli(
+        ["run", str(spec), "--connections", str(connections), "--out", str(tmp_path / "out")], capsys
+    )
+    # Then it prints the typed first rows, the table and the job's partition as Glue holds them
+    assert status == 0, err
+    assert "(parquet, snappy)" in out
+    assert "first rows of part-00000.parquet (1 row group(s)):" in out
+    assert "  catalog     local_db.departments (" in out
+    assert re.search(r"partition   dt=\d{4}-\d\d-\d\d, job_id=cli-parquet at s3://\S+/cli-parquet/", out)
+    assert "in Athena   SELECT * FROM local_db.departments WHERE dt = '" in out
+
+
 def test_run_json_reports_a_failed_job_as_one_object(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], emulator: EsqlEmulator
 ) -> None:
@@ -348,6 +368,10 @@ def test_demo_runs_every_sample_job_and_shows_the_results(
         assert f"({upstream.name} via {upstream.name}-demo" in out
     assert "first rows of part-00000.jsonl:" in out
     assert "first rows of part-00000.csv.gz:" in out
+    assert "first rows of part-00000.parquet (1 row group(s)):" in out
+    assert (
+        "  catalog     demo.employees (emp_no int, first_name string, salary int, hire_date timestamp)" in out
+    )
     assert "poll #1" in err
     assert len(list(tmp_path.glob("results/dt=*/*/_manifest.json"))) == len(demo_jobs)
     # and the schedules: three backfilled runs of a per-minute schedule and a fired hourly one, each
