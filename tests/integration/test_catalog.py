@@ -13,11 +13,16 @@ import pytest
 
 from query_relay.models import OutputSpec
 from query_relay_local.emulators.esql import EsqlEmulator
+from query_relay_local.emulators.snowflake import SnowflakeEmulator
 from query_relay_local.stack import LocalStack
 
+from . import test_snowflake_jobs as snowflake
 from .conftest import ES_CONNECTION, esql_connection
-from .landed import landed_manifest
+from .landed import landed_manifest, state_count
 from .test_esql_jobs import DEPARTMENTS_QUERY, EMPLOYEES_QUERY, job
+from .test_snowflake_jobs import snowflake_emulator
+
+__all__ = ["snowflake_emulator"]  # a fixture
 
 DATABASE = "analytics"
 
@@ -201,3 +206,35 @@ def test_a_missing_database_fails_the_job_named_with_nothing_landed(esql_emulato
 def test_a_native_output_cannot_be_registered() -> None:
     with pytest.raises(ValueError, match="native result has no table format"):
         OutputSpec.model_validate({"format": "native", "catalog": {"database": "a", "table": "b"}})
+
+
+def test_a_parallel_fetch_registers_once_and_a_conflict_stops_it_before_any_branch(
+    snowflake_emulator: SnowflakeEmulator,
+) -> None:
+    # Given a stack that splits every result, and a Snowflake result of 40 partitions
+    snowflake_emulator.config.partition_rows = 75
+    overrides = {"FetchBranchMinBytes": "1", "CatalogDatabase": DATABASE}
+    with LocalStack(parameter_overrides=overrides) as stack:
+        stack.client("glue").create_database(DatabaseInput={"Name": DATABASE})
+        connection = snowflake.snowflake_connection(snowflake_emulator) | {"max_parallel_fetch": 4}
+        stack.load_connections({snowflake.SNOWFLAKE_CONNECTION: connection})
+        catalog = {"database": DATABASE, "table": "numbers"}
+        # When it lands as Parquet through the Map
+        spec = snowflake.job(
+            snowflake.NUMBERS, job_id="numbers-1", output={"format": "parquet", "catalog": catalog}
+        )
+        final, history = stack.run_job(spec, timeout=120)
+        # Then the table and the one partition are registered after the manifest step
+        assert final["status"] == "SUCCEEDED", final
+        assert state_count(history, "MapIterationSucceeded") == 40
+        assert columns(table_of(stack, "numbers"))[0] == ("n", "decimal(38,0)")
+        assert [partition["Values"][1] for partition in partitions_of(stack, "numbers")] == ["numbers-1"]
+        # When a job writes the same table as JSON Lines (another format), it fails before any branch
+        spec = snowflake.job(
+            snowflake.NUMBERS, job_id="numbers-2", output={"format": "jsonl", "catalog": catalog}
+        )
+        final, history = stack.run_job(spec, timeout=120)
+        assert (final["status"], final.get("error")) == ("FAILED", "CatalogSchemaConflict")
+        assert "this job writes jsonl" in final["cause"]
+        assert state_count(history, "MapStateEntered") == 0
+        assert len(partitions_of(stack, "numbers")) == 1

@@ -33,7 +33,11 @@ from query_relay.exceptions import ColumnTypeMismatch
 from query_relay.json_rule import LONE_SURROGATE, encode_json
 from query_relay.models import Column
 
-ROW_GROUP_BYTES = 32 * 1024 * 1024  # Arrow data of one row group, held until it is written
+# Arrow's buffers from the C library's allocator, which hands a freed row group's large blocks back
+# at once; mimalloc and jemalloc keep them for reuse, and the part's upload then comes on top.
+pa.set_memory_pool(pa.system_memory_pool())
+
+ROW_GROUP_BYTES = 16 * 1024 * 1024  # Arrow data of one row group, held until it is written
 BATCH_BYTES = 1024 * 1024  # rows are turned into Arrow a batch of about this much at a time
 # A part's file stays below this whatever PartMaxBytes says: /tmp holds 512 MB unless the function
 # is given more ephemeral storage.
@@ -203,6 +207,7 @@ class PartFile:
     def __post_init__(self) -> None:
         handle, self.path = tempfile.mkstemp(prefix="query-relay-part-", suffix=".parquet")
         os.close(handle)
+        self._closed = False
         self._writer = pq.ParquetWriter(
             self.path, self.layout.schema, compression=_CODECS[self.compression], write_statistics=True
         )
@@ -227,6 +232,7 @@ class PartFile:
         """The finished file: its footer written, its size and sha256 read back."""
         if self._pending or self.rows == 0:
             self._write_row_group()
+        self._closed = True
         self._writer.close()
         digest = hashlib.sha256()
         with open(self.path, "rb") as stored:
@@ -235,7 +241,11 @@ class PartFile:
         return Stored(path=self.path, bytes=os.path.getsize(self.path), sha256=digest.hexdigest())
 
     def discard(self) -> None:
-        self._writer.close()
+        """Close the file, if a failure left it open, and remove it."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(pa.ArrowException, OSError):
+                self._writer.close()
         remove(self.path)
 
     def _write_row_group(self) -> None:

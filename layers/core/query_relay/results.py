@@ -403,7 +403,7 @@ class ResultWriter:
                     stored.path, self._bucket, key, extra_args={"ContentType": _CONTENT_TYPES["parquet"]}
                 ).result()
             finally:
-                parquet.remove(part.path)
+                part.discard()  # the file goes, written or not (/tmp outlives the invocation)
             entry = ObjectEntry(key=key, rows=part.rows, bytes=stored.bytes, sha256=stored.sha256)
             logger.info("result part written", extra={"key": key, "rows": entry.rows, "bytes": entry.bytes})
             objects.append(entry)

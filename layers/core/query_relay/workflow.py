@@ -517,6 +517,7 @@ def fetch(event: dict[str, Any], *, seconds_left: float | None = None) -> dict[s
     with _upstream_time(seconds_left), _provider_for(job.connection) as provider:
         with provider.fetch(job.upstream_id, job.provider_state, spec.output.format) as result:
             if cursor is None and (plan := _fetch_plan(provider, result)) is not None:
+                _check_catalog(spec, job, result)  # before any branch starts
                 return _split(spec, job, plan)  # no row read: the branches read them
             job.result = _land(spec, job, result, budget, execution_arn=event.get("execution_arn"))
         if job.result is None:
@@ -694,14 +695,19 @@ def _land(
 ) -> ResultPointer | None:
     """Stream the result into parts, then write the manifest last; None when the budget ran out
     first (``job.fetch_cursor`` then says where the next Fetch goes on). No budget: in one go."""
-    table = _catalog_table(spec)
-    if table is not None and job.fetch_cursor is None:
-        # A schema the table cannot take fails the job before any part is written.
-        table.check(glue_columns(spec.output.format, job.provider, list(result.columns)))
+    if job.fetch_cursor is None:
+        _check_catalog(spec, job, result)
     written = _write_parts(spec, job, result, budget)
     if written is None:
         return None
     return _write_manifest(spec, job, written, partial=result.partial(), execution_arn=execution_arn)
+
+
+def _check_catalog(spec: JobSpec, job: JobState, result: FetchedResult) -> None:
+    """A result its catalog table cannot take fails the job before any part is written."""
+    table = _catalog_table(spec)
+    if table is not None:
+        table.check(glue_columns(spec.output.format, job.provider, list(result.columns)))
 
 
 def _catalog_table(spec: JobSpec) -> Catalog | None:
