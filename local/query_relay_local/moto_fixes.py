@@ -49,7 +49,11 @@ def apply_once(owner: str, *patches: Callable[[], None]) -> None:
 def install() -> None:
     """Apply every fix below; idempotent."""
     apply_once(
-        __name__, fix_step_functions_integration_parameters, fix_stop_execution, fix_dynamodb_atomicity
+        __name__,
+        fix_step_functions_integration_parameters,
+        fix_stop_execution,
+        fix_dynamodb_atomicity,
+        fix_glue_table_versions,
     )
 
 
@@ -123,6 +127,36 @@ def fix_dynamodb_atomicity() -> None:
             return original(self)
 
     setattr(DynamoHandler, "call_action", call_action)  # noqa: B010 - patching moto
+
+
+def fix_glue_table_versions() -> None:
+    """Refuse an UpdateTable that names a table version other than the latest, as AWS does
+    (ConcurrentModificationException: Glue's optimistic lock, which query_relay.catalog relies on
+    when two jobs widen one table at once); moto ignores VersionId and takes any update. Each
+    update is atomic too (moto reads the version, then writes, without a lock)."""
+    from moto.core.exceptions import JsonRESTError  # noqa: PLC0415
+    from moto.glue.responses import GlueResponse  # noqa: PLC0415
+
+    original = GlueResponse.update_table
+    lock = threading.Lock()
+
+    def update_table(self: Any) -> Any:
+        version = self.parameters.get("VersionId")
+        with lock:
+            if version is not None:
+                table_input = self.parameters.get("TableInput") or {}
+                table = self.glue_backend.get_table(
+                    self.parameters.get("DatabaseName"), table_input.get("Name")
+                )
+                if str(version) != str(table._current_version):
+                    raise JsonRESTError(
+                        "ConcurrentModificationException",
+                        f"Update table failed: version {version} is not the latest "
+                        f"({table._current_version}); another update came first",
+                    )
+            return original(self)
+
+    setattr(GlueResponse, "update_table", update_table)  # noqa: B010 - patching moto
 
 
 def fix_stop_execution() -> None:

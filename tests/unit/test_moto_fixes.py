@@ -104,3 +104,22 @@ def test_moto_still_lets_two_conditional_writes_both_win() -> None:
         """
     )
     assert int(last) > 1
+
+
+def test_moto_still_takes_a_glue_update_of_a_stale_table_version() -> None:
+    # fix_glue_table_versions: AWS refuses it (ConcurrentModificationException)
+    last = run_plain_moto(
+        """
+        import boto3
+        from moto import mock_aws
+        with mock_aws():
+            glue = boto3.client("glue", region_name="us-east-1")
+            glue.create_database(DatabaseInput={"Name": "db"})
+            glue.create_table(DatabaseName="db", TableInput={"Name": "t"})
+            version = glue.get_table(DatabaseName="db", Name="t")["Table"]["VersionId"]
+            glue.update_table(DatabaseName="db", TableInput={"Name": "t"}, VersionId=version)
+            glue.update_table(DatabaseName="db", TableInput={"Name": "t"}, VersionId=version)
+            print("stale version taken")
+        """
+    )
+    assert last == "stale version taken"

@@ -34,6 +34,7 @@ from query_relay.observability import logger
 if TYPE_CHECKING:
     from mypy_boto3_glue import GlueClient
 
+_UPDATE_ATTEMPTS = 3
 PARTITION_KEYS = [{"Name": "dt", "Type": "string"}, {"Name": "job_id", "Type": "string"}]
 _TEXT_INPUT = "org.apache.hadoop.mapred.TextInputFormat"
 _TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
@@ -134,20 +135,9 @@ class Catalog:
     def register(self, columns: list[dict[str, str]], location: str, partition: list[str]) -> Registered:
         """Create the table or widen its schema, then add (or replace) the job's partition."""
         table = self._table()
-        created = table is None
-        if table is None:
-            created = self._create(columns, location)
+        created = table is None and self._create(columns, location)
         if not created:
-            table = self._table()
-            if table is None:  # pragma: no cover - deleted between two calls
-                raise CatalogRegistrationFailed(f"the table {self._name} vanished while being registered")
-            merged, changed = self._merged(table, columns)
-            if changed:
-                table_input: Any = self._input(merged, table)
-                self._guarded(
-                    "UpdateTable",
-                    lambda: self._glue.update_table(DatabaseName=self._spec.database, TableInput=table_input),
-                )
+            self._widen(table, columns)
         self._put_partition(columns, location, partition)
         logger.info(
             "result registered in the catalog",
@@ -156,6 +146,29 @@ class Catalog:
         return Registered(self._spec.database, self._spec.table, partition, created)
 
     # --- the table ----------------------------------------------------------------------------------
+
+    def _widen(self, table: dict[str, Any] | None, columns: list[dict[str, str]]) -> None:
+        """Update the table to take ``columns``, if they change it. Two jobs landing at once may
+        both update it: each names the version it read (Glue's optimistic lock), and one that lost
+        reads the table again and merges again, so neither's new columns are lost."""
+        for attempt in range(_UPDATE_ATTEMPTS):
+            table = table or self._table()
+            if table is None:  # pragma: no cover - deleted meanwhile
+                raise CatalogRegistrationFailed(f"the table {self._name} vanished while being registered")
+            merged, changed = self._merged(table, columns)
+            if not changed:
+                return
+            arguments: Any = {"DatabaseName": self._spec.database, "TableInput": self._input(merged, table)}
+            if table.get("VersionId"):
+                arguments["VersionId"] = table["VersionId"]
+            try:
+                self._glue.update_table(**arguments)
+            except ClientError as error:
+                if _code(error) != "ConcurrentModificationException" or attempt == _UPDATE_ATTEMPTS - 1:
+                    raise self._failed("UpdateTable", error) from None
+                table = None  # read it again
+            else:
+                return
 
     @property
     def _name(self) -> str:
