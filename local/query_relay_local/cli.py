@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -27,7 +28,14 @@ import httpx
 
 from query_relay.exceptions import InvalidConnection, InvalidJobSpec
 from query_relay.limits import check_spec_fits
-from query_relay.models import CatalogSpec, Connection, JobSpec, parse_connection, parse_job_spec
+from query_relay.models import (
+    CATALOG_NAME_PATTERN,
+    CatalogSpec,
+    Connection,
+    JobSpec,
+    parse_connection,
+    parse_job_spec,
+)
 from query_relay.providers import validate_job
 from query_relay.windows import resolved_query
 from query_relay_local.upstreams import LOOKER_CLIENT_ID, UPSTREAMS
@@ -109,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help='connections file {"<name>": {...}} (default: ./connections.json when present)',
+    )
+    serve.add_argument(
+        "--catalog-database",
+        metavar="NAME",
+        type=_catalog_database,
+        help="a Glue database, made on the local stack, in which jobs' output.catalog may register results "
+        "(the stack's CatalogDatabase; default: none)",
     )
     serve.add_argument("--verbose", action="store_true", help="also show what the functions log")
     serve.set_defaults(command=_serve_command)
@@ -497,12 +512,30 @@ def _serve_command(args: argparse.Namespace) -> int:
         outcome = "started" if firing.error is None else f"not started ({firing.error})"
         print(f"schedule {firing.schedule}: its {when} run {outcome}", flush=True)
 
-    with LocalStack(echo_logs=_echo(args.verbose)) as stack, LocalScheduler(stack, on_fire=fired):
+    database: str | None = args.catalog_database
+    overrides = {} if database is None else {"CatalogDatabase": database}
+    with (
+        LocalStack(echo_logs=_echo(args.verbose), parameter_overrides=overrides) as stack,
+        LocalScheduler(stack, on_fire=fired),
+    ):
         stack.load_connections(documents)
         print(f"connections: {', '.join(sorted(documents)) or 'none'}", flush=True)
+        if database is not None:
+            stack.client("glue").create_database(DatabaseInput={"Name": database})
+            print(
+                f"catalog database: {database} (jobs' output.catalog may register results there)", flush=True
+            )
         print("schedules fire as EventBridge Scheduler fires them (cron, rate, at; time zones)", flush=True)
         serve_forever(stack, args.host, args.port)
     return EXIT_SUCCEEDED
+
+
+def _catalog_database(text: str) -> str:
+    if not re.fullmatch(CATALOG_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: lower-case letters, digits and '_' only (Athena's names)"
+        )
+    return text
 
 
 # --- backfill --------------------------------------------------------------------------------------

@@ -28,3 +28,10 @@ def test_serve_with_an_invalid_connection_exits_2_naming_the_field(
     error = capsys.readouterr().err
     assert "base_url" in error
     assert "secret-token-7f3a" not in error
+
+
+def test_serve_refuses_a_catalog_database_athena_could_not_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--catalog-database", "Analytics-DB"])
+    assert exited.value.code == EXIT_USAGE
+    assert "'Analytics-DB': lower-case letters, digits and '_' only" in capsys.readouterr().err
