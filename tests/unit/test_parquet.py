@@ -4,14 +4,13 @@ ColumnTypeMismatch naming the column and the row, never the value."""
 
 from __future__ import annotations
 
-import glob
 import io
-import os
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -177,10 +176,17 @@ def test_types_map_as_documented() -> None:
     ],
 )
 def test_a_value_that_does_not_fit_its_column_is_named_by_column_and_row_never_by_value(
-    s3: Any, provider: ProviderName, column: Column, rows: list[list[Any]], row: int, what: str
+    s3: Any,
+    provider: ProviderName,
+    column: Column,
+    rows: list[list[Any]],
+    row: int,
+    what: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a value that the column's Parquet type cannot hold
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "query-relay-part-*")))
+    # Given a value that the column's Parquet type cannot hold (part files in a /tmp of the test's own)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     # When the result is written as Parquet
     with pytest.raises(ColumnTypeMismatch) as raised:
         write(s3, provider, [column], rows)
@@ -193,7 +199,7 @@ def test_a_value_that_does_not_fit_its_column_is_named_by_column_and_row_never_b
     if isinstance(bad, str):
         assert bad not in message
     # and no part file is left in /tmp
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "query-relay-part-*"))) == before
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_row_named_counts_from_the_rows_an_earlier_fetch_landed(s3: Any) -> None:
