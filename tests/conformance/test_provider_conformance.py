@@ -7,11 +7,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import moto.s3.models
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from query_relay import results
 from query_relay.column_types import arrow_schema, kind_of
@@ -34,6 +32,7 @@ from query_relay.providers import (
     validate_query,
 )
 from query_relay.results import Landed, ResultWriter, WrittenResult
+from tests.moto_server import moto_client
 from tests.parquet_rule import expected as parquet_value
 
 from .harnesses import ProviderHarness
@@ -254,19 +253,9 @@ def test_rate_limits_carry_the_retry_after(harness: ProviderHarness, emulator: A
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=RESUME_BUCKET)
-    yield client
-    server.stop()
+    with moto_client("s3") as client:
+        client.create_bucket(Bucket=RESUME_BUCKET)
+        yield client
 
 
 RESUME_BUCKET = "conformance-results"

@@ -8,32 +8,21 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from query_relay.catalog import Catalog, glue_columns
 from query_relay.exceptions import CatalogRegistrationFailed, CatalogSchemaConflict
 from query_relay.models import CatalogSpec, Column
 from query_relay_local import moto_fixes
+from tests.moto_server import moto_client
 
 
 @pytest.fixture(scope="module")
 def glue() -> Iterator[Any]:
     moto_fixes.install()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "glue",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_database(DatabaseInput={"Name": "db"})
-    yield client
-    server.stop()
+    with moto_client("glue") as client:
+        client.create_database(DatabaseInput={"Name": "db"})
+        yield client
 
 
 def table(glue: Any, name: str) -> dict[str, Any]:

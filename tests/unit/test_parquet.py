@@ -13,12 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from query_relay import column_types, parquet
 from query_relay.column_types import Kind, kind_of
@@ -27,24 +25,15 @@ from query_relay.json_rule import encode_json
 from query_relay.models import Column, OutputSpec, ProviderName
 from query_relay.providers.base import TabularResult
 from query_relay.results import Landed, ResultWriter, WrittenResult
+from tests.moto_server import moto_client
 from tests.parquet_rule import expected
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    server.stop()
+    with moto_client("s3") as client:
+        client.create_bucket(Bucket=BUCKET)
+        yield client
 
 
 BUCKET = "parquet-results"

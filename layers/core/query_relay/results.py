@@ -80,9 +80,14 @@ _BUILTIN_MIME_TYPES = mimetypes.MimeTypes()
 
 def job_prefix(output: OutputSpec, job_id: str, submitted_at: datetime) -> str:
     """The key prefix every object of one job lives under; the date is the submission's UTC day."""
+    return f"{output.prefix}dt={job_day(submitted_at)}/{job_id}/"
+
+
+def job_day(submitted_at: datetime) -> str:
+    """The job's ``dt``: the UTC day it was submitted (a naive time is UTC)."""
     if submitted_at.tzinfo is None:
         submitted_at = submitted_at.replace(tzinfo=UTC)
-    return f"{output.prefix}dt={submitted_at.astimezone(UTC):%Y-%m-%d}/{job_id}/"
+    return f"{submitted_at.astimezone(UTC):%Y-%m-%d}"
 
 
 @dataclass(frozen=True)

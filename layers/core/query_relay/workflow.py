@@ -47,7 +47,7 @@ from query_relay.providers import (
     open_provider,
     validate_job,
 )
-from query_relay.results import BranchLanded, Landed, ResultWriter, WrittenResult, job_prefix
+from query_relay.results import BranchLanded, Landed, ResultWriter, WrittenResult, job_day, job_prefix
 from query_relay.settings import get_settings
 from query_relay.state import (
     BranchInput,
@@ -721,11 +721,10 @@ def _register(spec: JobSpec, job: JobState, written: WrittenResult, prefix: str)
     table = _catalog_table(spec)
     if table is None:
         return
-    day = job.submitted_at.astimezone(UTC).strftime("%Y-%m-%d")
     table.register(
         glue_columns(spec.output.format, job.provider, written.columns),
         location=f"s3://{_writer().bucket}/{prefix}",
-        partition=[day, job.job_id],
+        partition=[job_day(job.submitted_at), job.job_id],
     )
 
 
