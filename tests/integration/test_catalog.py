@@ -6,6 +6,7 @@ database the stack may not write is refused before anything starts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,6 +79,14 @@ def test_a_parquet_result_is_registered_as_its_own_partition_after_its_manifest(
         == "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
     )
     assert storage["Location"] == f"s3://{catalog_stack.bucket}/results/"
+    # and the "Query Result Ready" event and the execution's output say where to query it
+    ready = [
+        event["detail"] for event in catalog_stack.events() if event["detail-type"] == "Query Result Ready"
+    ]
+    day = landed_manifest(catalog_stack, first)["objects"][0]["key"].split("/dt=")[1].split("/")[0]
+    registered = {"database": DATABASE, "table": "employees", "dt": day, "job_id": "employees-1"}
+    assert ready[0]["catalog"] == registered
+    assert json.loads(first["output"])["catalog"] == registered
     # and each job is one partition whose location is its folder, holding exactly its parts and manifest
     partitions = partitions_of(catalog_stack, "employees")
     assert [partition["Values"][1] for partition in partitions] == ["employees-1", "employees-2"]

@@ -104,11 +104,13 @@ def test_a_query_finished_inside_the_submit_wait_runs_no_wait_state(
         "manifest_key": manifest["objects"][0]["key"].rsplit("/", 1)[0] + "/_manifest.json",
         "row_count": len(expected),
         "byte_count": manifest["byte_count"],
+        "catalog": None,  # registered nowhere (no output.catalog)
         "polls": 0,
         "announced": True,
     }
     ready = [event for event in stack.events() if event["detail-type"] == "Query Result Ready"]
     assert [event["detail"]["job_id"] for event in ready] == ["fast-path-1"]
+    assert ready[0]["detail"]["catalog"] is None
     assert ready[0]["detail"]["manifest_key"] == output["manifest_key"]
     assert ready[0]["detail"]["row_count"] == len(expected)
 

@@ -63,6 +63,17 @@ class FetchPlan(BaseModel):
     max_parallel: int = Field(ge=1)
 
 
+class CatalogPartition(BaseModel):
+    """Where a result was registered (output.catalog): its table and its partition's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database: str
+    table: str
+    dt: str
+    job_id: str
+
+
 class ResultPointer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +81,8 @@ class ResultPointer(BaseModel):
     manifest_key: str
     row_count: int
     byte_count: int
+    # Always present (null when the job registers nothing): the machine's event and output read it.
+    catalog: CatalogPartition | None = None
 
 
 class JobState(BaseModel):

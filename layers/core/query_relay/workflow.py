@@ -51,6 +51,7 @@ from query_relay.results import BranchLanded, Landed, ResultWriter, WrittenResul
 from query_relay.settings import get_settings
 from query_relay.state import (
     BranchInput,
+    CatalogPartition,
     CleanupInput,
     Failure,
     FetchCursor,
@@ -716,16 +717,19 @@ def _catalog_table(spec: JobSpec) -> Catalog | None:
     return Catalog(aws.glue(), spec.output.catalog, spec.output.format)
 
 
-def _register(spec: JobSpec, job: JobState, written: WrittenResult, prefix: str) -> None:
+def _register(spec: JobSpec, job: JobState, written: WrittenResult, prefix: str) -> CatalogPartition | None:
     """After the manifest: the job's partition in its catalog table (query_relay.catalog)."""
     table = _catalog_table(spec)
-    if table is None:
-        return
+    if table is None or spec.output.catalog is None:
+        return None
+    day = job_day(job.submitted_at)
     table.register(
         glue_columns(spec.output.format, job.provider, written.columns),
         location=f"s3://{_writer().bucket}/{prefix}",
-        partition=[job_day(job.submitted_at), job.job_id],
+        partition=[day, job.job_id],
     )
+    catalog = spec.output.catalog
+    return CatalogPartition(database=catalog.database, table=catalog.table, dt=day, job_id=job.job_id)
 
 
 def _write_parts(
@@ -796,13 +800,14 @@ def _write_manifest(
         arrow_schema=arrow_schema(job.provider, written.columns) if spec.output.format == "parquet" else None,
     )
     manifest_key = writer.write_manifest(prefix, manifest)
+    registered = None
     if cleanup_claimed(get_settings().control_table, execution_arn):
         removed = writer.discard(prefix)
         logger.warning(
             "the job is being cleaned up: removed the result it landed", extra={"objects": removed}
         )
     else:
-        _register(spec, job, written, prefix)
+        registered = _register(spec, job, written, prefix)
     metrics.add_metric(name="RowsLanded", unit="Count", value=written.row_count)
     metrics.add_metric(name="BytesLanded", unit="Bytes", value=written.byte_count)
     logger.info(
@@ -814,6 +819,7 @@ def _write_manifest(
         manifest_key=manifest_key,
         row_count=written.row_count,
         byte_count=written.byte_count,
+        catalog=registered,
     )
 
 
